@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""        # "" = the HF directory / the checkpoint's recorded tokenizer
     c.dtype = "bfloat16"    # parameter and compute dtype: float32, bfloat16, float16
     # On what: registry names (ssrl_jax.eval.benchmarks), comma-separated, and where the
-    # FlashRAG files are ("bundled" = the package's two sample files, nq and hotpotqa).
+    # FlashRAG files are ("bundled" = the package's two sample files, nq and hotpotqa;
+    # "toyworld" = the toy world's test questions, toyworld_1hop and toyworld_2hop).
     c.benchmarks = "nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
     c.data_dir = ""
     c.limit = 0             # first N questions of each benchmark; 0 = all

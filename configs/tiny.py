@@ -1,27 +1,20 @@
-"""CPU quick start: a tiny random Llama-family model, the shipped tokenizer, the bundled
-sample QA rows. About 20 steps on 2 CPU cores, no download.
+"""CPU quick start: SSRL-GRPO on the toy world (docs/toyworld.md), no download. The shipped
+0.85M-parameter Llama knows part of an invented world; 10 steps of 8 fixed training questions
+× 8 samples raise the mean reward from about 0.2 to about 0.37 (under 2 minutes on 2 CPU
+cores). Every step samples the same 8 questions, so the printed reward moves with the policy,
+not with which questions were drawn.
 
     python -m ssrl_jax.train --config configs/tiny.py
+
+configs/toyworld.py trains on all 189 training questions (the run docs/toyworld.md measures);
+configs/smoke.py is a random model that only shows the pipeline runs.
 """
 
-from ssrl_jax.train_config import default_config
+from ssrl_jax.toyworld import assets_dir
+from ssrl_jax.toyworld.config import toyworld_config
 
 
 def get_config():
-    c = default_config()
-    c.total_steps = 20
-    c.batch_size = 4
-    c.model.tokenizer = "quickstart"
-    c.model.param_dtype = "float32"
-    c.model.dtype = "float32"
-    c.model.remat = "none"
-    c.model.random.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                          num_kv_heads=2, head_dim=16)
-    c.data.chat = "false"
-    c.rollout.group_size = 4
-    c.rollout.max_new_tokens = 48
-    c.optim.learning_rate = 1e-3
-    c.optim.warmup_ratio = 0.1
-    c.checkpoint.every_steps = 10
-    c.log.samples_every_steps = 10
+    c = toyworld_config(steps=10)
+    c.data.train_files = str(assets_dir() / "quickstart.jsonl")
     return c

@@ -25,10 +25,12 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
-from ssrl_jax.eval.benchmarks import Benchmark, bundled_data_dir, load_benchmark, parse_benchmarks
+from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_benchmark,
+                                     parse_benchmarks, toyworld_data_dir)
 from ssrl_jax.eval.scoring import EvalSettings
 
 BUNDLED = "bundled"
+TOYWORLD = "toyworld"
 _DTYPES = ("float32", "bfloat16", "float16")
 _MESH_AXES = ("data", "fsdp", "tensor")
 _SETTINGS_FIELDS = tuple(f for f in EvalSettings.__dataclass_fields__)
@@ -72,9 +74,11 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark], str]:
         benchmarks = parse_benchmarks(config.benchmarks)
     except (ValueError, AttributeError, TypeError) as e:
         raise ConfigError(f"config.benchmarks={config.benchmarks!r}: {e}") from None
-    data_dir = str(bundled_data_dir()) if config.data_dir == BUNDLED else config.data_dir
+    data_dir = {BUNDLED: str(bundled_data_dir()), TOYWORLD: str(toyworld_data_dir())}.get(
+        config.data_dir, config.data_dir)
     _need(isinstance(data_dir, str) and bool(data_dir), "data_dir", config.data_dir,
-          f"a directory with the benchmark files (FlashRAG layout) or '{BUNDLED}'")
+          f"a directory with the benchmark files (FlashRAG layout), '{BUNDLED}' or "
+          f"'{TOYWORLD}'")
     _need(os.path.isdir(data_dir), "data_dir", config.data_dir, "an existing directory")
     _need(isinstance(config.limit, int) and not isinstance(config.limit, bool)
           and config.limit >= 0, "limit", config.limit, "an integer >= 0 (0 = all questions)")

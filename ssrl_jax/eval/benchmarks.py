@@ -6,7 +6,9 @@ collection (``RUC-NLPIR/FlashRAG_datasets`` on the Hugging Face hub) uses:
 ``question`` (string) and ``golden_answers`` (non-empty list of strings). The split is the one
 the Search-R1 / SSRL papers evaluate on: ``test`` where the dataset publishes test answers,
 else ``dev``. BrowseComp is not in FlashRAG's collection: convert OpenAI's test set (1,266
-rows, ``problem`` / ``answer``) to the same layout at ``browsecomp/test.jsonl``.
+rows, ``problem`` / ``answer``) to the same layout at ``browsecomp/test.jsonl``. The toy
+world's test questions (``toyworld_1hop``, ``toyworld_2hop``) ship in the same layout under
+``ssrl_jax/assets/toyworld/benchmarks`` (``toyworld_data_dir()``).
 
     rows = load_benchmark("nq", "/data/flashrag", limit=100)   # list[QARow]
 """
@@ -31,6 +33,7 @@ __all__ = [
     "get_benchmark",
     "load_benchmark",
     "parse_benchmarks",
+    "toyworld_data_dir",
 ]
 
 FLASHRAG_URL = "https://huggingface.co/datasets/RUC-NLPIR/FlashRAG_datasets"
@@ -63,6 +66,9 @@ class Benchmark:
 
 
 _FLASHRAG = f"FlashRAG's collection ({FLASHRAG_URL})"
+_TOYWORLD = ("the toy world (docs/toyworld.md): shipped under ssrl_jax/assets/toyworld/"
+             "benchmarks; `python -m ssrl_jax.toyworld.pretrain --out DIR` writes them to "
+             "DIR/benchmarks")
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
@@ -78,6 +84,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             f"OpenAI's BrowseComp test set ({BROWSECOMP_URL}; decrypt it and write each "
             "problem as 'question' and its answer as the one entry of 'golden_answers')",
         ),
+        Benchmark("toyworld_1hop", "Toy world 1-hop", "test", "general", 58, _TOYWORLD),
+        Benchmark("toyworld_2hop", "Toy world 2-hop", "test", "multi-hop", 28, _TOYWORLD),
     )
 }
 # Other spellings people use on the command line.
@@ -111,6 +119,12 @@ def bundled_data_dir() -> pathlib.Path:
     """The sample data directory shipped in the package: ``nq/test.jsonl`` and
     ``hotpotqa/dev.jsonl``, 24 questions each written for this project (not dataset rows)."""
     return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "data" / "benchmarks"))
+
+
+def toyworld_data_dir() -> pathlib.Path:
+    """The shipped toy world's test questions: ``toyworld_1hop/test.jsonl`` and
+    ``toyworld_2hop/test.jsonl`` (docs/toyworld.md)."""
+    return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "toyworld" / "benchmarks"))
 
 
 def benchmark_path(benchmark: Benchmark | str, data_dir: str | epath.PathLike) -> epath.Path:

@@ -9,17 +9,22 @@ Writes into OUT:
     train.jsonl, test.jsonl    GRPO / evaluation questions (FlashRAG rows)
     sft.jsonl                  the questions whose example trajectories the model saw
     sft_trajectories.jsonl     those trajectories ({question, response, style, known})
-    benchmarks/popqa/test.jsonl            single-hop test questions  } the layout
-    benchmarks/2wikimultihopqa/dev.jsonl   multi-hop test questions   } `evaluate` reads
+    benchmarks/toyworld_1hop/test.jsonl    single-hop test questions  } the layout
+    benchmarks/toyworld_2hop/test.jsonl    multi-hop test questions   } `evaluate` reads
     model/                     HF directory: float32 safetensors, config, tokenizer
     pretrain_log.json          loss curve and greedy EM
 
 The model is our `Transformer` (Llama family, ~1M parameters) trained from scratch with
 AdamW on next-token loss over (a) the documents of the *known* entities (held-out people's
-documents are left out; each document twice, as the corpus writes it and as a search shows
-it) and (b) one self-search trajectory per `sft` question in the exact prompt the trainer
-uses (`prompt_token_ids(question, mode="self_search", chat=True)`, loss on the response
-only). Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
+documents are left out; each document in two forms, as the corpus writes it and as a search
+shows it), (b) one trajectory per `sft` question in the exact prompt the trainer uses
+(`prompt_token_ids(question, mode="self_search", chat=True)`, loss on the response only) and
+(c) the documents of a disjoint *practice world* and one trajectory for each of its questions
+(`world.practice_world`): without them the few `sft` trajectories are memorised, and the
+model never learns to copy a new question's entity into its search and document title. The
+practice trajectories all search (`practice_direct_fraction = 0`): direct answers practised
+on ~900 questions teach the model to pull facts out of its weights without writing the
+document first, and then self-search no longer pays (docs/toyworld.md, "The model"). Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
 given `--seed` (the world, the split, the tokenizer, the data order and the initialisation).
 """
 
@@ -40,26 +45,29 @@ import numpy as np
 
 from ssrl_jax.toyworld.corpus import documents, format_information, write_corpus
 from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
-from ssrl_jax.toyworld.world import Question, World, make_questions, make_world, split_questions
+from ssrl_jax.toyworld.world import (Question, World, make_questions, make_world, practice_world,
+                                     split_questions)
 
 MODE = "self_search"
 CHAT = True  # configs/toyworld.py sets data.chat = "true" to match
 DATA_SOURCE = "toyworld"
-SINGLE_HOP_BENCHMARK = "popqa"           # <out>/benchmarks/popqa/test.jsonl
-MULTI_HOP_BENCHMARK = "2wikimultihopqa"  # <out>/benchmarks/2wikimultihopqa/dev.jsonl
+SINGLE_HOP_BENCHMARK = "toyworld_1hop"   # <out>/benchmarks/toyworld_1hop/test.jsonl
+MULTI_HOP_BENCHMARK = "toyworld_2hop"    # <out>/benchmarks/toyworld_2hop/test.jsonl
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
     seed: int = 0
-    steps: int = 450
+    steps: int = 1000
     batch_size: int = 8          # packed rows per step
     seq_len: int = 512
     learning_rate: float = 4e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     direct_fraction: float = 0.6
-    doc_repeats: int = 12         # copies of each known document per pass over the data
+    doc_repeats: int = 8          # copies of each known document per pass over the data
+    practice_people: int = 128    # people of the practice world (0: none), see practice_world
+    practice_direct_fraction: float = 0.0  # practice trajectories search (see module doc)
     vocab_size: int = 2048
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -100,25 +108,25 @@ def write_world_files(out: pathlib.Path, world: World, splits: dict[str, list[Qu
     _write_rows([q.to_flashrag(f"{DATA_SOURCE}_1hop") for q in test if q.hops == 1],
                 out / "benchmarks" / SINGLE_HOP_BENCHMARK / "test.jsonl")
     _write_rows([q.to_flashrag(f"{DATA_SOURCE}_2hop") for q in test if q.hops == 2],
-                out / "benchmarks" / MULTI_HOP_BENCHMARK / "dev.jsonl")
+                out / "benchmarks" / MULTI_HOP_BENCHMARK / "test.jsonl")
 
 
 # ------------------------------------------------------------------ token data ----
 
-def tokenizer_texts(world: World, sft: list[dict], tokenizer_prompt) -> list[str]:
-    docs = documents(world)
+def tokenizer_texts(worlds: Sequence[World], sft: list[dict], tokenizer_prompt) -> list[str]:
+    docs = [d for world in worlds for d in documents(world)]
     texts = [d["contents"] for d in docs] + [format_information([d]) for d in docs]
     texts += [tokenizer_prompt(ex["question"]) + ex["response"] for ex in sft]
     return texts
 
 
-def training_examples(world: World, sft: list[dict], tokenizer,
+def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
                       doc_repeats: int) -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) per example: known documents (both forms) and trajectories."""
     from ssrl_jax.data.prompts import prompt_token_ids
 
     examples = []
-    for doc in documents(world, known_only=True):
+    for doc in (d for world in worlds for d in documents(world, known_only=True)):
         for text in (doc["contents"], format_information([doc])):
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             examples.extend([(ids, [1] * len(ids))] * doc_repeats)
@@ -267,20 +275,28 @@ def run(out: str | os.PathLike, settings: PretrainSettings, *, eval_splits=("tra
     sft = sft_examples(world, splits["sft"], seed=settings.seed,
                        direct_fraction=settings.direct_fraction)
     write_world_files(out, world, splits, sft)
+    worlds = [world]
+    if settings.practice_people:
+        practice = practice_world(world, num_people=settings.practice_people)
+        worlds.append(practice)
+        sft = sft + sft_examples(practice, make_questions(practice), seed=settings.seed,
+                                 direct_fraction=settings.practice_direct_fraction)
 
     # The chat template needs a tokenizer to render; a throwaway one renders the prompts
     # the real tokenizer is trained on (the rendered text does not depend on the merges).
     bootstrap = train_tiny_tokenizer(["x"], vocab_size=300)
     render = lambda q: build_prompt(q, mode=MODE, tokenizer=bootstrap, chat=CHAT)  # noqa: E731
-    tokenizer = train_tiny_tokenizer(tokenizer_texts(world, sft, render),
+    tokenizer = train_tiny_tokenizer(tokenizer_texts(worlds, sft, render),
                                      vocab_size=settings.vocab_size)
-    examples = training_examples(world, sft, tokenizer, settings.doc_repeats)
+    examples = training_examples(worlds, sft, tokenizer, settings.doc_repeats)
     config = model_config(settings, tokenizer)
     model = init_model(config, seed=settings.seed)
     n_tokens = sum(len(ids) for ids, _ in examples)
     print(f"world: {len(world.entities)} entities ({len(world.known_people)}/"
           f"{len(world.people)} people known) | questions sft/train/test "
-          f"{len(splits['sft'])}/{len(splits['train'])}/{len(splits['test'])} | "
+          f"{len(splits['sft'])}/{len(splits['train'])}/{len(splits['test'])} | practice "
+          f"world: {sum(len(w.entities) for w in worlds[1:])} entities | "
+          f"{len(sft)} trajectories | "
           f"{len(examples)} examples, {n_tokens} tokens per pass | "
           f"model {config.num_params() / 1e6:.2f}M params, vocab {config.vocab_size} | "
           f"{jax.device_count()} device(s)", flush=True)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "City", "Country", "Organisation", "Person", "Question", "World", "make_questions",
-    "make_world", "split_questions", "SPLITS",
+    "make_world", "practice_world", "split_questions", "SPLITS",
 ]
 
 SPLITS = ("sft", "train", "test")
@@ -43,6 +43,7 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ou", "y")
 _CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "sk", "nd", "rk", "v", "x")
 OCCUPATIONS = ("painter", "engineer", "physician", "poet", "architect", "chemist", "sailor",
                "composer", "judge", "astronomer", "baker", "botanist")
+_PRACTICE_SEED_OFFSET = 1_000_003
 ORG_KINDS = ("Works", "Institute", "Company", "Guild", "Press", "Foundry", "Trust", "Academy")
 
 
@@ -149,9 +150,9 @@ def _by_name(items: Iterable, name: str):
 class _Names:
     """Unique invented words: onset + vowel + coda syllables, capitalised."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, reserved: Iterable[str] = ()):
         self.rng = rng
-        self.used: set[str] = set()
+        self.used: set[str] = {w.lower() for w in reserved}
 
     def word(self, syllables: Sequence[int] = (2, 2, 3)) -> str:
         while True:
@@ -165,10 +166,13 @@ class _Names:
 
 def make_world(seed: int = 0, *, num_countries: int = 5, cities_per_country: int = 3,
                num_organisations: int = 12, num_people: int = 64,
-               known_fraction: float = 0.75) -> World:
-    """The world of ``seed``: about 100 entities (defaults: 5 + 15 + 12 + 64)."""
+               known_fraction: float = 0.75, reserved: Iterable[str] = ()) -> World:
+    """The world of ``seed``: about 100 entities (defaults: 5 + 15 + 12 + 64).
+
+    reserved: words (any case) no name may use, e.g. another world's.
+    """
     rng = random.Random(seed)
-    names = _Names(rng)
+    names = _Names(rng, reserved)
     country_names = [names.word((2, 2, 3)) for _ in range(num_countries)]
     cities: list[City] = []
     countries: list[Country] = []
@@ -202,6 +206,25 @@ def make_world(seed: int = 0, *, num_countries: int = 5, cities_per_country: int
     known = frozenset(people[i].name for i in order[:round(known_fraction * num_people)])
     return World(seed, tuple(countries), tuple(cities), tuple(organisations), tuple(people),
                  known)
+
+
+def name_words(world: World) -> set[str]:
+    """Every invented word in the world's names (lower case)."""
+    return {w.lower() for e in world.entities for w in e.name.split() if w not in ORG_KINDS}
+
+
+def practice_world(world: World, *, num_people: int = 128) -> World:
+    """A second, disjoint world (no name shared with ``world``) whose people are all known.
+
+    Pretraining reads its documents and one trajectory for each of its questions: many more
+    worked examples of copying a name from the question into ``<search>`` and the document
+    title, and of reading a fact back out of ``<information>``, than ``world``'s own ``sft``
+    split has, without giving away any ``world`` question outside that split.
+    """
+    return make_world(world.seed + _PRACTICE_SEED_OFFSET, num_countries=len(world.countries),
+                      cities_per_country=len(world.cities) // len(world.countries),
+                      num_organisations=len(world.organisations), num_people=num_people,
+                      known_fraction=1.0, reserved=name_words(world))
 
 
 # ------------------------------------------------------------------ questions ----

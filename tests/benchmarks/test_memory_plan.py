@@ -17,7 +17,7 @@ def test_memory_plan_of_the_tiny_config_on_two_devices():
     env.pop("XLA_FLAGS", None)  # the plan sets its own device count
     result = subprocess.run(
         [sys.executable, "-m", "ssrl_jax.bench", "memory", "--config",
-         str(ROOT / "configs" / "tiny.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",
+         str(ROOT / "configs" / "smoke.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",
          "--json"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,6 +13,7 @@ from ssrl_jax.eval.benchmarks import (
     get_benchmark,
     load_benchmark,
     parse_benchmarks,
+    toyworld_data_dir,
 )
 
 EXPECTED_FILES = {
@@ -24,12 +25,15 @@ EXPECTED_FILES = {
     "musique": "musique/dev.jsonl",
     "bamboogle": "bamboogle/test.jsonl",
     "browsecomp": "browsecomp/test.jsonl",
+    "toyworld_1hop": "toyworld_1hop/test.jsonl",
+    "toyworld_2hop": "toyworld_2hop/test.jsonl",
 }
 
 
 def test_registry_names_files_and_kinds():
     assert {name: b.file for name, b in BENCHMARKS.items()} == EXPECTED_FILES
-    assert [n for n, b in BENCHMARKS.items() if not b.multi_hop] == ["nq", "triviaqa", "popqa"]
+    assert [n for n, b in BENCHMARKS.items() if not b.multi_hop] == [
+        "nq", "triviaqa", "popqa", "toyworld_1hop"]
     assert BENCHMARKS["browsecomp"].category == "hard"
     assert BENCHMARKS["2wikimultihopqa"].display_name == "2WikiMultiHopQA"
 
@@ -55,6 +59,13 @@ def test_bundled_files_load(name, split):
     assert [r.id for r in load_benchmark(name, bundled_data_dir(), limit=5)] == [
         r.id for r in rows[:5]]
     assert benchmark_path(name, bundled_data_dir()).name == f"{split}.jsonl"
+
+
+@pytest.mark.parametrize("name", ["toyworld_1hop", "toyworld_2hop"])
+def test_shipped_toyworld_benchmarks_load(name):
+    rows = load_benchmark(name, toyworld_data_dir())
+    assert len(rows) == BENCHMARKS[name].num_rows
+    assert all(r.data_source == name and r.golden_answers for r in rows)
 
 
 def test_bundled_files_are_flashrag_jsonl():

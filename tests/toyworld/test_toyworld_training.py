@@ -18,13 +18,14 @@ STEPS = 10
 # were drawn (on the whole train set one step's mean swings 0.05-0.39 from that alone).
 SUBSET_STRIDE = 24
 SUBSET_SIZE = 8
-# Measured (docs/toyworld.md): first-3 mean ~0.19, last-3 mean ~0.5-0.55 (rise ~0.3).
-MIN_RISE = 0.15
+# Measured on the shipped model (docs/toyworld.md, seed 0): step rewards 0.19, 0.24, 0.30,
+# 0.36, 0.38, 0.34, 0.38, 0.38, 0.36, 0.38 (first-3 mean 0.24, last-3 mean 0.37, rise 0.13);
+# the bound is half of that. With the advantages negated the reward falls instead.
+MIN_RISE = 0.06
 
 
-def toyworld_config():
-    spec = importlib.util.spec_from_file_location("toyworld_config",
-                                                  ROOT / "configs" / "toyworld.py")
+def load_config(name: str = "toyworld.py"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -38,17 +39,24 @@ def write_subset(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def test_config_points_at_the_shipped_world():
-    c = toyworld_config()
+@pytest.mark.parametrize("name,rows", [("toyworld.py", "train.jsonl"),
+                                       ("tiny.py", "quickstart.jsonl")])
+def test_config_points_at_the_shipped_world(name, rows):
+    c = load_config(name)
     assert pathlib.Path(c.model.path) == model_dir()
     assert (model_dir() / "config.json").is_file()
     assert (model_dir() / "model.safetensors").is_file()
-    assert pathlib.Path(c.data.train_files) == assets_dir() / "train.jsonl"
+    assert pathlib.Path(c.data.train_files) == assets_dir() / rows
+
+
+def test_quickstart_rows_are_the_fixed_training_subset(tmp_path):
+    shipped = (assets_dir() / "quickstart.jsonl").read_text()
+    assert write_subset(tmp_path / "subset.jsonl").read_text() == shipped
 
 
 @pytest.mark.slow
 def test_reduced_grpo_run_raises_the_mean_reward(tmp_path):
-    c = toyworld_config()
+    c = load_config()
     c.data.train_files = str(write_subset(tmp_path / "subset.jsonl"))
     c.batch_size = SUBSET_SIZE            # every step: all 8 questions x group_size samples
     c.total_steps = STEPS

@@ -11,7 +11,8 @@ from ssrl_jax.toyworld import assets_dir
 from ssrl_jax.toyworld.corpus import documents, write_corpus
 from ssrl_jax.toyworld.trajectories import (answer_of, believed_world, direct_trajectory,
                                             search_trajectory, sft_examples)
-from ssrl_jax.toyworld.world import make_questions, make_world, split_questions
+from ssrl_jax.toyworld.world import (make_questions, make_world, name_words, practice_world,
+                                     split_questions)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,23 @@ def test_trajectories_are_well_formed_and_hallucinate_on_held_out(world, questio
     sft = sft_examples(world, questions[:100], seed=0, direct_fraction=0.5)
     assert {ex["style"] for ex in sft} == {"search", "direct"}
     assert sft == sft_examples(world, questions[:100], seed=0, direct_fraction=0.5)
+
+
+def test_practice_world_is_disjoint_fully_known_and_deterministic(world):
+    practice = practice_world(world, num_people=40)
+    assert practice == practice_world(world, num_people=40)
+    assert len(practice.people) == 40
+    assert practice.known_people == {p.name for p in practice.people}
+    assert not name_words(practice) & name_words(world), "no name word is shared"
+    # Same question kinds, so its trajectories teach the skills the world's questions need.
+    assert ({q.kind for q in make_questions(practice)} == {q.kind for q in make_questions(world)})
+
+
+def test_reserved_words_are_never_used():
+    base = make_world(3)
+    reserved = {w.upper() for w in name_words(base)}
+    other = make_world(3, reserved=reserved)
+    assert not name_words(other) & name_words(base)
 
 
 def test_corpus_is_read_by_the_search_package(world, tmp_path):

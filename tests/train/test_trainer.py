@@ -106,7 +106,7 @@ def test_bad_model_path_names_the_field(tmp_path):
 
 
 def _train_command(workdir, *overrides):
-    return [sys.executable, "-m", "ssrl_jax.train", "--config", str(ROOT / "configs" / "tiny.py"),
+    return [sys.executable, "-m", "ssrl_jax.train", "--config", str(ROOT / "configs" / "smoke.py"),
             "--workdir", str(workdir), *overrides]
 
 

@@ -1,0 +1,34 @@
+"""The training config of SSRL-GRPO on the toy world: what `configs/tiny.py` (the README quick
+start) and `configs/toyworld.py` (the measured run of docs/toyworld.md) share.
+
+The shipped model was pretrained on chat-template prompts (`toyworld.pretrain`), so the
+prompts use the chat template too; everything runs in float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ssrl_jax.toyworld import assets_dir, model_dir
+from ssrl_jax.train_config import default_config
+
+
+def toyworld_config(*, steps: int) -> ml_collections.ConfigDict:
+    """`steps` GRPO steps of 8 training questions × 8 samples on the shipped model."""
+    c = default_config()
+    c.total_steps = steps
+    c.batch_size = 8              # prompts per step
+    c.model.path = str(model_dir())
+    c.model.param_dtype = "float32"
+    c.model.dtype = "float32"
+    c.model.remat = "none"
+    c.data.train_files = str(assets_dir() / "train.jsonl")
+    c.data.chat = "true"
+    c.data.max_prompt_tokens = 320
+    c.rollout.group_size = 8      # 8 samples per prompt: fewer all-wrong (no-signal) groups
+    c.rollout.max_new_tokens = 128
+    c.optim.learning_rate = 5e-4  # 2e-4 barely moves in 30 steps; 1e-3 collapses
+    c.optim.warmup_ratio = 0.1
+    c.checkpoint.every_steps = steps
+    c.log.samples_every_steps = 10
+    return c
