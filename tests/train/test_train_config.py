@@ -8,7 +8,7 @@ import pytest
 from ssrl_jax import train_config as tc
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
-TRAIN_CONFIGS = ["tiny", "llama3b", "llama8b", "qwen2_5_7b", "qwen3_8b", "search_r1"]
+TRAIN_CONFIGS = ["tiny", "smoke", "toyworld", "llama3b", "llama8b", "qwen2_5_7b", "qwen3_8b", "search_r1"]
 
 
 def load(name):
@@ -45,7 +45,7 @@ def test_paper_configs_carry_the_spec_settings():
     ("log.num_samples", -1, "config.log.num_samples=-1 is not allowed: expected an integer >= 0"),
 ])
 def test_bad_field_is_named(field, value, expected):
-    c = load("tiny")
+    c = load("smoke")
     section, _, name = field.rpartition(".")
     (c[section] if section else c)[name] = value
     with pytest.raises(tc.ConfigFieldError) as error:
@@ -54,15 +54,15 @@ def test_bad_field_is_named(field, value, expected):
 
 
 def test_cross_field_rules():
-    c = load("tiny")
+    c = load("smoke")
     c.grpo.num_mini_batches = 3  # 4 prompts × 4 samples = 16 responses
     with pytest.raises(tc.ConfigFieldError, match="num_mini_batches=3 must divide"):
         tc.validate(c)
-    c = load("tiny")
+    c = load("smoke")
     c.mesh.update(fsdp=-1, data=-1)
     with pytest.raises(tc.ConfigFieldError, match="at most one axis may be -1"):
         tc.validate(c)
-    c = load("tiny")
+    c = load("smoke")
     c.model.tokenizer = ""
     with pytest.raises(tc.ConfigFieldError, match="config.model.tokenizer: needed"):
         tc.validate(c)
