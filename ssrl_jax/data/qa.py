@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from importlib import resources
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from etils import epath
+
+from ssrl_jax.package_files import asset_path
 
 __all__ = [
     "DataError",
@@ -338,4 +339,4 @@ def sample_data_path() -> pathlib.Path:
     Single-hop general-knowledge questions (``data_source`` "nq") and two-hop ones ("hotpotqa");
     ids ``sample-nq-0001``, ``sample-hotpotqa-0001``, ... For the CPU quick start and tests.
     """
-    return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "data" / "sample_qa.jsonl"))
+    return asset_path("data", "sample_qa.jsonl")

@@ -139,9 +139,9 @@ def quickstart_corpus() -> list[str]:
 
 def quickstart_tokenizer_path() -> str:
     """The tokenizer shipped in the package (made by `main` with the defaults)."""
-    from importlib import resources
+    from ssrl_jax.package_files import asset_path
 
-    return str(resources.files("ssrl_jax") / "assets" / "tokenizer")
+    return str(asset_path("tokenizer"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

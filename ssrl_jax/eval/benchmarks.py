@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Iterable
-from importlib import resources
 
 from etils import epath
 
 from ssrl_jax.data.qa import DataError, QARow, read_jsonl
+from ssrl_jax.package_files import asset_path
 
 __all__ = [
     "BENCHMARKS",
@@ -118,13 +118,13 @@ def parse_benchmarks(spec: str | Iterable[str]) -> list[Benchmark]:
 def bundled_data_dir() -> pathlib.Path:
     """The sample data directory shipped in the package: ``nq/test.jsonl`` and
     ``hotpotqa/dev.jsonl``, 24 questions each written for this project (not dataset rows)."""
-    return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "data" / "benchmarks"))
+    return asset_path("data", "benchmarks")
 
 
 def toyworld_data_dir() -> pathlib.Path:
     """The shipped toy world's test questions: ``toyworld_1hop/test.jsonl`` and
     ``toyworld_2hop/test.jsonl`` (docs/toyworld.md)."""
-    return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "toyworld" / "benchmarks"))
+    return asset_path("toyworld", "benchmarks")
 
 
 def benchmark_path(benchmark: Benchmark | str, data_dir: str | epath.PathLike) -> epath.Path:

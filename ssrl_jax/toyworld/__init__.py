@@ -9,13 +9,14 @@
 See docs/toyworld.md.
 """
 
-from importlib import resources
 import pathlib
+
+from ssrl_jax.package_files import asset_path
 
 
 def assets_dir() -> pathlib.Path:
     """``ssrl_jax/assets/toyworld``: the shipped world files and model."""
-    return pathlib.Path(str(resources.files("ssrl_jax") / "assets" / "toyworld"))
+    return asset_path("toyworld")
 
 
 def model_dir() -> pathlib.Path:

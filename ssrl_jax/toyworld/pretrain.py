@@ -24,7 +24,8 @@ shows it), (b) one trajectory per `sft` question in the exact prompt the trainer
 model never learns to copy a new question's entity into its search and document title. The
 practice trajectories all search (`practice_direct_fraction = 0`): direct answers practised
 on ~900 questions teach the model to pull facts out of its weights without writing the
-document first, and then self-search no longer pays (docs/toyworld.md, "The model"). Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
+document first, and then self-search no longer pays (docs/toyworld.md, "The model").
+Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
 given `--seed` (the world, the split, the tokenizer, the data order and the initialisation).
 """
 
