@@ -26,7 +26,9 @@ def toyworld_config(*, steps: int) -> ml_collections.ConfigDict:
     c.data.chat = "true"
     c.data.max_prompt_tokens = 320
     c.rollout.group_size = 8      # 8 samples per prompt: fewer all-wrong (no-signal) groups
-    c.rollout.max_new_tokens = 128
+    # A two-hop search trajectory is 134-154 tokens; at 128 every one was cut off (reward 0)
+    # and GRPO taught the model to stop after one hop.
+    c.rollout.max_new_tokens = 192
     c.optim.learning_rate = 5e-4  # 2e-4 barely moves in 30 steps; 1e-3 collapses
     c.optim.warmup_ratio = 0.1
     c.checkpoint.every_steps = steps

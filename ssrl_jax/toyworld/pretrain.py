@@ -18,7 +18,8 @@ The model is our `Transformer` (Llama family, ~1M parameters) trained from scrat
 AdamW on next-token loss over (a) the documents of the *known* entities (held-out people's
 documents are left out; each document in two forms, as the corpus writes it and as a search
 shows it), (b) one trajectory per `sft` question in the exact prompt the trainer uses
-(`prompt_token_ids(question, mode="self_search", chat=True)`, loss on the response only) and
+(`prompt_token_ids(question, mode="self_search", chat=True)`, loss on the response only;
+each `<information>` block encoded token for token as a real search injects it) and
 (c) the documents of a disjoint *practice world* and one trajectory for each of its questions
 (`world.practice_world`): without them the few `sft` trajectories are memorised, and the
 model never learns to copy a new question's entity into its search and document title. The
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.toyworld.corpus import documents, format_information, write_corpus
 from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
 from ssrl_jax.toyworld.world import (Question, World, make_questions, make_world, practice_world,
@@ -76,7 +78,7 @@ class PretrainSettings:
     num_heads: int = 4
     num_kv_heads: int = 2
     head_dim: int = 32
-    eval_max_new_tokens: int = 160
+    eval_max_new_tokens: int = 192
 
 
 # ------------------------------------------------------------------ world files ----
@@ -121,6 +123,23 @@ def tokenizer_texts(worlds: Sequence[World], sft: list[dict], tokenizer_prompt) 
     return texts
 
 
+def response_token_ids(response: str, encode) -> list[int]:
+    """Token ids of a trajectory, each ``<information>`` block encoded as a real search
+    injects it: ``encode(INFO_PREFIX) + encode(documents) + encode(INFO_SUFFIX)``, the text
+    between blocks encoded on its own. A model trained on these ids writes its own
+    information token for token as the retriever's would be appended (Sim2Real).
+    ``encode``: text -> ids without special tokens."""
+    ids, rest = [], response
+    while (start := rest.find(INFO_PREFIX)) >= 0:
+        end = rest.find(INFO_SUFFIX, start)
+        if end < 0:
+            raise ValueError(f"an information block is not closed in {response!r}")
+        body = rest[start + len(INFO_PREFIX):end]
+        ids += encode(rest[:start]) + encode(INFO_PREFIX) + encode(body) + encode(INFO_SUFFIX)
+        rest = rest[end + len(INFO_SUFFIX):]
+    return ids + encode(rest)
+
+
 def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
                       doc_repeats: int) -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) per example: known documents (both forms) and trajectories."""
@@ -132,9 +151,13 @@ def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             examples.extend([(ids, [1] * len(ids))] * doc_repeats)
     eos = tokenizer.eos_token_id
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
     for ex in sft:
         prompt = prompt_token_ids(ex["question"], mode=MODE, tokenizer=tokenizer, chat=CHAT)
-        response = tokenizer(ex["response"], add_special_tokens=False)["input_ids"] + [eos]
+        response = response_token_ids(ex["response"], encode) + [eos]
         examples.append((prompt + response, [0] * len(prompt) + [1] * len(response)))
     return examples
 

@@ -7,8 +7,10 @@
 Two styles:
 
 - **search**: one ``<search>`` per hop; each ``<information>`` is the document the search
-  would return, written ``Doc 1(Title: T) text`` as the retriever client shows it, then a
-  ``<think>`` that states the fact read from it; the last think is followed by the answer.
+  would return, written ``Doc 1(Title: T) text`` as the retriever client shows it and laid
+  out exactly as a real search appends it (``search.rollout.INFO_PREFIX`` / ``INFO_SUFFIX``),
+  then a ``<think>`` that states the fact read from it; the last think is followed by the
+  answer.
 - **direct**: ``<think> I know this one. </think>`` then the answer, no search.
 
 Trajectories are written from the *believed* world: facts of known entities are true; each
@@ -24,6 +26,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
+from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.toyworld.corpus import _article, document, format_information
 from ssrl_jax.toyworld.world import OCCUPATIONS, Question, World
 
@@ -134,13 +137,14 @@ def _plan(world: World, q: Question) -> tuple[str, list[tuple[str, str, str]], s
 def search_trajectory(world: World, q: Question) -> str:
     """The self-search trajectory for ``q`` written from ``world``'s facts."""
     need, hops, answer = _plan(world, q)
-    parts = [f"<think> I need to find {need}. </think>"]
+    text = f"<think> I need to find {need}. </think>\n"
     for entity, suffix, fact in hops:
-        parts.append(f"<search> {entity} {suffix} </search>")
-        parts.append(f"<information> {_doc(world, entity)} </information>")
-        parts.append(f"<think> {fact} </think>")
-    parts.append(f"<answer> {answer} </answer>")
-    return "\n".join(parts)
+        # The observation exactly as a real search appends it (INFO_PREFIX … INFO_SUFFIX), so
+        # that what the model writes itself can be swapped for a retriever's (Sim2Real).
+        text += f"<search> {entity} {suffix} </search>"
+        text += f"{INFO_PREFIX}{_doc(world, entity)}{INFO_SUFFIX}"
+        text += f"<think> {fact} </think>\n"
+    return text + f"<answer> {answer} </answer>"
 
 
 def direct_trajectory(world: World, q: Question) -> str:

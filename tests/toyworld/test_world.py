@@ -9,6 +9,7 @@ from ssrl_jax.rl.rewards import exact_match, extract_answer, format_score
 from ssrl_jax.search.corpus import read_corpus, split_title
 from ssrl_jax.toyworld import assets_dir
 from ssrl_jax.toyworld.corpus import documents, write_corpus
+from ssrl_jax.toyworld.pretrain import PretrainSettings
 from ssrl_jax.toyworld.trajectories import (answer_of, believed_world, direct_trajectory,
                                             search_trajectory, sft_examples)
 from ssrl_jax.toyworld.world import (make_questions, make_world, name_words, practice_world,
@@ -138,3 +139,7 @@ def test_shipped_world_files_match_the_generator():
         rows = read_jsonl(out / f"{name}.jsonl")
         assert [(r.id, r.question, r.golden_answers) for r in rows] == [
             (q.id, q.question, q.golden_answers) for q in splits[name]]
+    shipped = [json.loads(line) for line in
+               (out / "sft_trajectories.jsonl").read_text().splitlines()]
+    assert shipped == sft_examples(world, splits["sft"], seed=seed,
+                                   direct_fraction=PretrainSettings().direct_fraction)
