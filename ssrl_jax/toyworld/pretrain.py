@@ -123,6 +123,11 @@ def tokenizer_texts(worlds: Sequence[World], sft: list[dict], tokenizer_prompt) 
     return texts
 
 
+def text_encoder(tokenizer):
+    """text -> token ids without special tokens (the ``encode`` the search rollout takes)."""
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
 def response_token_ids(response: str, encode) -> list[int]:
     """Token ids of a trajectory, each ``<information>`` block encoded as a real search
     injects it: ``encode(INFO_PREFIX) + encode(documents) + encode(INFO_SUFFIX)``, the text
@@ -151,10 +156,7 @@ def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             examples.extend([(ids, [1] * len(ids))] * doc_repeats)
     eos = tokenizer.eos_token_id
-
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
+    encode = text_encoder(tokenizer)
     for ex in sft:
         prompt = prompt_token_ids(ex["question"], mode=MODE, tokenizer=tokenizer, chat=CHAT)
         response = response_token_ids(ex["response"], encode) + [eos]

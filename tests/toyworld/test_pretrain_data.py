@@ -9,7 +9,7 @@ from ssrl_jax.search.retriever import Hit
 from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.toyworld import model_dir
 from ssrl_jax.toyworld.corpus import documents
-from ssrl_jax.toyworld.pretrain import response_token_ids
+from ssrl_jax.toyworld.pretrain import response_token_ids, text_encoder
 from ssrl_jax.toyworld.trajectories import search_trajectory
 from ssrl_jax.toyworld.world import make_questions, make_world
 
@@ -19,10 +19,6 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(model_dir())
 
 
-def _encode(tokenizer):
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
 def _contains(ids, part):
     return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
 
@@ -30,22 +26,22 @@ def _contains(ids, part):
 def test_information_blocks_are_what_a_real_search_would_inject(tokenizer):
     world = make_world(0)
     docs = {d["contents"].partition("\n")[0]: d for d in documents(world)}
-    encode = _encode(tokenizer)
+    encode = text_encoder(tokenizer)
     question = next(q for q in make_questions(world) if q.hops == 2 and
                     all(world.is_known(e) for e in q.entities))
     text = search_trajectory(world, question)
     ids = response_token_ids(text, encode)
     assert tokenizer.decode(ids) == text
     assert text.count(INFO_PREFIX) == 2
-    for entity in question.entities[:1]:
-        # search_rollout appends encode(INFO_PREFIX) + encode(client text) + encode(INFO_SUFFIX)
-        shown = format_documents([Hit(docs[entity]["id"], docs[entity]["contents"])])
-        injected = encode(INFO_PREFIX) + encode(shown) + encode(INFO_SUFFIX)
-        assert _contains(ids, injected), "the self-written block differs from the injection"
+    entity = question.entities[0]
+    # search_rollout appends encode(INFO_PREFIX) + encode(client text) + encode(INFO_SUFFIX)
+    shown = format_documents([Hit(docs[entity]["id"], docs[entity]["contents"])])
+    injected = encode(INFO_PREFIX) + encode(shown) + encode(INFO_SUFFIX)
+    assert _contains(ids, injected), "the self-written block differs from the injection"
 
 
 def test_text_without_information_is_encoded_whole_and_an_open_block_is_an_error(tokenizer):
-    encode = _encode(tokenizer)
+    encode = text_encoder(tokenizer)
     direct = "<think> I know this one. </think>\n<answer> Dritro </answer>"
     assert response_token_ids(direct, encode) == encode(direct)
     with pytest.raises(ValueError, match="not closed"):
