@@ -8,7 +8,7 @@ Writes into OUT:
     corpus.jsonl               one document per entity ({"id", "contents": "Title\ntext"})
     train.jsonl, test.jsonl    GRPO / evaluation questions (FlashRAG rows)
     sft.jsonl                  the questions whose example trajectories the model saw
-    sft_trajectories.jsonl     those trajectories ({question, response, style, known})
+    sft_trajectories.jsonl     those trajectories ({question, response, style, known, unread})
     benchmarks/toyworld_1hop/test.jsonl    single-hop test questions  } the layout
     benchmarks/toyworld_2hop/test.jsonl    multi-hop test questions   } `evaluate` reads
     model/                     HF directory: float32 safetensors, config, tokenizer
@@ -26,6 +26,11 @@ model never learns to copy a new question's entity into its search and document 
 practice trajectories all search (`practice_direct_fraction = 0`): direct answers practised
 on ~900 questions teach the model to pull facts out of its weights without writing the
 document first, and then self-search no longer pays (docs/toyworld.md, "The model").
+`--practice-known-fraction F < 1` holds out the rest of the practice people as *reading
+practice*: their documents are left out, and their trajectories show the true document with
+no loss on it, so the fact after it can only be read from the context. That teaches the model
+to use a real search's documents but costs self-search; the shipped model uses 1
+(docs/toyworld.md, "Reading practice").
 Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
 given `--seed` (the world, the split, the tokenizer, the data order and the initialisation).
 """
@@ -37,10 +42,11 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +57,7 @@ from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
 from ssrl_jax.toyworld.world import (Question, World, make_questions, make_world, practice_world,
                                      split_questions)
 
+_INFO_TITLE = re.compile(r"Doc 1\(Title: (.*?)\) ")  # format_information's first line
 MODE = "self_search"
 CHAT = True  # configs/toyworld.py sets data.chat = "true" to match
 DATA_SOURCE = "toyworld"
@@ -71,6 +78,7 @@ class PretrainSettings:
     doc_repeats: int = 8          # copies of each known document per pass over the data
     practice_people: int = 128    # people of the practice world (0: none), see practice_world
     practice_direct_fraction: float = 0.0  # practice trajectories search (see module doc)
+    practice_known_fraction: float = 1.0   # < 1: the rest of the practice people are reading practice
     vocab_size: int = 2048
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -128,21 +136,35 @@ def text_encoder(tokenizer):
     return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def response_token_ids(response: str, encode) -> list[int]:
-    """Token ids of a trajectory, each ``<information>`` block encoded as a real search
-    injects it: ``encode(INFO_PREFIX) + encode(documents) + encode(INFO_SUFFIX)``, the text
-    between blocks encoded on its own. A model trained on these ids writes its own
-    information token for token as the retriever's would be appended (Sim2Real).
-    ``encode``: text -> ids without special tokens."""
-    ids, rest = [], response
+def response_tokens(response: str, encode, unread: Collection[str] = ()
+                    ) -> tuple[list[int], list[int]]:
+    """(token ids, loss mask) of a trajectory.
+
+    Each ``<information>`` block is encoded as a real search injects it:
+    ``encode(INFO_PREFIX) + encode(documents) + encode(INFO_SUFFIX)``, the text between
+    blocks encoded on its own, so a model trained on these ids writes its own information
+    token for token as the retriever's would be appended (Sim2Real). The documents of a
+    block whose title is in ``unread`` get loss mask 0: the model is shown them but not
+    taught to write them (reading practice). ``encode``: text -> ids without special tokens.
+    """
+    ids, mask, rest = [], [], response
+
+    def add(part_ids, weight):
+        ids.extend(part_ids)
+        mask.extend([weight] * len(part_ids))
+
     while (start := rest.find(INFO_PREFIX)) >= 0:
         end = rest.find(INFO_SUFFIX, start)
         if end < 0:
             raise ValueError(f"an information block is not closed in {response!r}")
         body = rest[start + len(INFO_PREFIX):end]
-        ids += encode(rest[:start]) + encode(INFO_PREFIX) + encode(body) + encode(INFO_SUFFIX)
+        title = _INFO_TITLE.match(body)
+        add(encode(rest[:start]) + encode(INFO_PREFIX), 1)
+        add(encode(body), 0 if title and title.group(1) in unread else 1)
+        add(encode(INFO_SUFFIX), 1)
         rest = rest[end + len(INFO_SUFFIX):]
-    return ids + encode(rest)
+    add(encode(rest), 1)
+    return ids, mask
 
 
 def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
@@ -159,8 +181,9 @@ def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
     encode = text_encoder(tokenizer)
     for ex in sft:
         prompt = prompt_token_ids(ex["question"], mode=MODE, tokenizer=tokenizer, chat=CHAT)
-        response = response_token_ids(ex["response"], encode) + [eos]
-        examples.append((prompt + response, [0] * len(prompt) + [1] * len(response)))
+        response, response_mask = response_tokens(ex["response"], encode, ex["unread"])
+        examples.append((prompt + response + [eos],
+                         [0] * len(prompt) + response_mask + [1]))
     return examples
 
 
@@ -303,10 +326,12 @@ def run(out: str | os.PathLike, settings: PretrainSettings, *, eval_splits=("tra
     write_world_files(out, world, splits, sft)
     worlds = [world]
     if settings.practice_people:
-        practice = practice_world(world, num_people=settings.practice_people)
+        practice = practice_world(world, num_people=settings.practice_people,
+                                  known_fraction=settings.practice_known_fraction)
         worlds.append(practice)
         sft = sft + sft_examples(practice, make_questions(practice), seed=settings.seed,
-                                 direct_fraction=settings.practice_direct_fraction)
+                                 direct_fraction=settings.practice_direct_fraction,
+                                 held_out="read")
 
     # The chat template needs a tokenizer to render; a throwaway one renders the prompts
     # the real tokenizer is trained on (the rendered text does not depend on the merges).

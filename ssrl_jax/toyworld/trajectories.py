@@ -3,6 +3,7 @@
     believed = believed_world(world, seed=0)     # held-out people get invented (wrong) facts
     text = search_trajectory(believed, question)  # <think>..<search>..<information>..<answer>
     examples = sft_examples(world, questions, seed=0, direct_fraction=0.5)
+    reading = sft_examples(practice, questions, direct_fraction=0, held_out="read")
 
 Two styles:
 
@@ -17,7 +18,9 @@ Trajectories are written from the *believed* world: facts of known entities are 
 held-out person (``world.known_people``) gets one invented profile, so trajectories about
 them carry wrong self-written information and a wrong answer, consistently. A model
 pretrained on them learns the format and the true facts of the known part only: on held-out
-people it hallucinates, as a real model does on what it never read.
+people it hallucinates, as a real model does on what it never read. With ``held_out="read"``
+(the practice world) held-out people show their true document instead, unlearned: reading
+practice.
 """
 
 from __future__ import annotations
@@ -167,15 +170,28 @@ def answer_of(world: World, q: Question) -> str:
 
 
 def sft_examples(world: World, questions: Sequence[Question], *, seed: int = 0,
-                 direct_fraction: float = 0.5) -> list[dict[str, str]]:
-    """One trajectory per question, from the believed world: ``{question, response, style,
-    known}``; a seeded ``direct_fraction`` of them answer without searching."""
-    believed = believed_world(world, seed=seed)
+                 direct_fraction: float = 0.5, held_out: str = "invent"
+                 ) -> list[dict]:
+    """One trajectory per question: ``{question, response, style, known, unread}``; a seeded
+    ``direct_fraction`` of them answer without searching.
+
+    held_out: what a trajectory about a held-out person shows. ``"invent"``: the believed
+    world's invented profile, consistently (what the model will hallucinate; ``world``'s own
+    questions). ``"read"``: the true document, which the model never pretrained on; its
+    entities are listed in ``unread`` so that pretraining masks the loss on those
+    ``<information>`` blocks, and the fact stated after one can only be read from it
+    (reading practice, the practice world).
+    """
+    if held_out not in ("invent", "read"):
+        raise ValueError(f"held_out must be 'invent' or 'read', got {held_out!r}")
+    source = believed_world(world, seed=seed) if held_out == "invent" else world
     rng = random.Random(f"sft-{seed}")
     out = []
     for q in questions:
         style = "direct" if rng.random() < direct_fraction else "search"
         known = all(world.is_known(e) for e in q.entities)
-        out.append({"question": q.question, "response": trajectory(believed, q, style),
-                    "style": style, "known": known})
+        unread = [] if held_out == "invent" or style == "direct" else [
+            entity for entity, _, _ in _plan(world, q)[1] if not world.is_known(entity)]
+        out.append({"question": q.question, "response": trajectory(source, q, style),
+                    "style": style, "known": known, "unread": unread})
     return out

@@ -213,18 +213,23 @@ def name_words(world: World) -> set[str]:
     return {w.lower() for e in world.entities for w in e.name.split() if w not in ORG_KINDS}
 
 
-def practice_world(world: World, *, num_people: int = 128) -> World:
-    """A second, disjoint world (no name shared with ``world``) whose people are all known.
+def practice_world(world: World, *, num_people: int = 128,
+                   known_fraction: float = 1.0) -> World:
+    """A second, disjoint world (no name shared with ``world``) for pretraining practice.
 
-    Pretraining reads its documents and one trajectory for each of its questions: many more
-    worked examples of copying a name from the question into ``<search>`` and the document
-    title, and of reading a fact back out of ``<information>``, than ``world``'s own ``sft``
-    split has, without giving away any ``world`` question outside that split.
+    Pretraining reads the documents of its known people and one trajectory for each of its
+    questions: many more worked examples of copying a name from the question into
+    ``<search>`` and the document title, and of reading a fact back out of
+    ``<information>``, than ``world``'s own ``sft`` split has, without giving away any
+    ``world`` question outside that split. Its held-out people (``1 - known_fraction``) are
+    reading practice: their trajectories show the true document, which the model never
+    read, so the fact can only be taken from the information (``sft_examples``,
+    ``held_out="read"``).
     """
     return make_world(world.seed + _PRACTICE_SEED_OFFSET, num_countries=len(world.countries),
                       cities_per_country=len(world.cities) // len(world.countries),
                       num_organisations=len(world.organisations), num_people=num_people,
-                      known_fraction=1.0, reserved=name_words(world))
+                      known_fraction=known_fraction, reserved=name_words(world))
 
 
 # ------------------------------------------------------------------ questions ----

@@ -99,7 +99,7 @@ def test_trajectories_are_well_formed_and_hallucinate_on_held_out(world, questio
     assert sft == sft_examples(world, questions[:100], seed=0, direct_fraction=0.5)
 
 
-def test_practice_world_is_disjoint_fully_known_and_deterministic(world):
+def test_practice_world_is_disjoint_deterministic_and_holds_out_its_readers(world):
     practice = practice_world(world, num_people=40)
     assert practice == practice_world(world, num_people=40)
     assert len(practice.people) == 40
@@ -107,6 +107,27 @@ def test_practice_world_is_disjoint_fully_known_and_deterministic(world):
     assert not name_words(practice) & name_words(world), "no name word is shared"
     # Same question kinds, so its trajectories teach the skills the world's questions need.
     assert ({q.kind for q in make_questions(practice)} == {q.kind for q in make_questions(world)})
+    half = practice_world(world, num_people=40, known_fraction=0.5)
+    assert half.people == practice.people and len(half.known_people) == 20
+
+
+def test_reading_practice_shows_true_unread_documents(world):
+    practice = practice_world(world, num_people=40, known_fraction=0.5)
+    questions = make_questions(practice)
+    reading = sft_examples(practice, questions, seed=0, direct_fraction=0.0, held_out="read")
+    by_question = {q.question: q for q in questions}
+    assert any(ex["unread"] for ex in reading) and not all(ex["unread"] for ex in reading)
+    for ex in reading:
+        q = by_question[ex["question"]]
+        # the truth, not the believed world's invention, even about held-out people
+        assert exact_match(extract_answer(ex["response"]), q.golden_answers) == 1.0
+        assert ex["unread"] == [e for e in q.entities if not practice.is_known(e)]
+        for entity in ex["unread"]:
+            assert f"(Title: {entity})" in ex["response"]
+    invented = sft_examples(practice, questions, seed=0, direct_fraction=0.0)
+    assert not any(ex["unread"] for ex in invented)
+    with pytest.raises(ValueError, match="held_out"):
+        sft_examples(practice, questions, held_out="true")
 
 
 def test_reserved_words_are_never_used():
