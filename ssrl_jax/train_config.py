@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
+from ssrl_jax.rl.step import LR_SCHEDULES
 from ssrl_jax.sharding import MESH_AXES
 
 PROMPT_MODES = ("self_search", "search_r1")
@@ -108,6 +109,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6
     c.optim.warmup_ratio = 0.02
+    c.optim.schedule = "constant"  # after warm-up: constant (the papers) or cosine
+    c.optim.final_lr_ratio = 0.1   # cosine: the rate at the last step, as a share of the peak
     c.optim.max_grad_norm = 1.0
     c.optim.weight_decay = 0.01
     c.optim.b1 = 0.9
@@ -233,6 +236,8 @@ _CHECKS: dict[str, Check] = {
     "search.max_concurrency": _int(1),
     "optim.learning_rate": _number(0.0, open_low=True),
     "optim.warmup_ratio": _number(0.0, 1.0),
+    "optim.schedule": _one_of(LR_SCHEDULES),
+    "optim.final_lr_ratio": _number(0.0, 1.0),
     "optim.max_grad_norm": _number(0.0, open_low=True),
     "optim.weight_decay": _number(0.0),
     "optim.b1": _number(0.0, 1.0),

@@ -314,7 +314,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
                                round(config.optim.warmup_ratio * total_steps),
                                max_grad_norm=config.optim.max_grad_norm,
                                weight_decay=config.optim.weight_decay,
-                               b1=config.optim.b1, b2=config.optim.b2)
+                               b1=config.optim.b1, b2=config.optim.b2,
+                               schedule=config.optim.schedule, total_steps=total_steps,
+                               final_lr_ratio=config.optim.final_lr_ratio)
     with jax.set_mesh(mesh):
         model = build_model()
         graphdef = nnx.graphdef(model)

@@ -27,6 +27,8 @@ MODELS = {
 class StepBenchResult:
     model: str
     num_params: int
+    body_params: int     # the parameters every slot multiplies (no embedding table)
+    head_params: int     # the output projection
     dtype: str
     prompts: int
     group_size: int
@@ -37,15 +39,18 @@ class StepBenchResult:
     rollout_s: float
     score_s: float
     learn_s: float
+    learn_all_slots_s: float
     response_tokens: float
     trained_tokens: float
 
     @property
     def update_flops(self) -> float:
-        """Model FLOPs of the update stage: a reference forward (2·params·tokens) and a
-        policy forward + backward (6·params·tokens) over every slot of every response."""
-        slots = self.prompts * self.group_size * (self.prompt_tokens + self.new_tokens)
-        return 8.0 * self.num_params * slots
+        """Model FLOPs of the update stage: a reference forward (2 per parameter per token)
+        and a policy forward + backward (6), the body over every slot of every response and
+        the output projection over the response slots only."""
+        rows = self.prompts * self.group_size
+        body = self.body_params * rows * (self.prompt_tokens + self.new_tokens)
+        return 8.0 * (body + self.head_params * rows * self.new_tokens)
 
     def report(self) -> str:
         parts = self.rollout_s + self.score_s + self.learn_s
@@ -59,6 +64,8 @@ class StepBenchResult:
             f"    sampling             : {share(self.rollout_s)}",
             f"    scoring (host)       : {share(self.score_s)}",
             f"    update (fwd+bwd+opt) : {share(self.learn_s)}",
+            f"  update, logits over every slot (prompt too): {self.learn_all_slots_s * 1e3:.1f} "
+            f"ms ({self.learn_all_slots_s / self.learn_s:.2f}x the response-only update)",
             f"  generated tokens/s     : {self.response_tokens / self.step_s:10.0f} "
             f"({self.response_tokens:.0f} per step)",
             f"  trained tokens/s       : {self.trained_tokens / self.step_s:10.0f} "
@@ -121,7 +128,8 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
 
     # The stages alone (not donated, so the same state serves every repeat).
     parts = make_step_parts(graphdef, step_config, **kwargs)
-    rollout, score, learn = (jax.jit(parts.rollout), jax.jit(parts.score), jax.jit(parts.learn))
+    rollout, score = jax.jit(parts.rollout), jax.jit(parts.score)
+    learn = jax.jit(functools.partial(parts.learn, prompt_len=batch["prompt_ids"].shape[1]))
     rollout_state = jax_block(rollout(state.params, batch, key))
     rollout_s, rollout_state = _median_time(lambda: rollout(state.params, batch, key), repeats)
     scored = jax_block(score(rollout_state, batch))
@@ -130,6 +138,12 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
     jax_block(learn(state, rollout_state, mask, advantages, key))
     learn_s, _ = _median_time(lambda: learn(state, rollout_state, mask, advantages, key),
                               repeats)
+    # The same update with the output projection over the prompt slots too (what it was
+    # before `prompt_len`), for the ratio.
+    learn_all = jax.jit(functools.partial(parts.learn, prompt_len=1))
+    jax_block(learn_all(state, rollout_state, mask, advantages, key))
+    learn_all_slots_s, _ = _median_time(
+        lambda: learn_all(state, rollout_state, mask, advantages, key), repeats)
     del scored
 
     # The whole step, compiled once, state donated as in training.
@@ -147,9 +161,12 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
     metrics = jax.device_get(metrics)
     responses = prompts * group_size
     return StepBenchResult(
-        model=model, num_params=config.num_params(), dtype=dtype, prompts=prompts,
+        model=model, num_params=config.num_params(),
+        body_params=config.num_params() - config.hidden_size * config.vocab_size * (
+            1 if config.tie_word_embeddings else 2),
+        head_params=config.hidden_size * config.vocab_size, dtype=dtype, prompts=prompts,
         group_size=group_size, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
         compile_s=compile_s, step_s=statistics.median(times), rollout_s=rollout_s,
-        score_s=score_s, learn_s=learn_s,
+        score_s=score_s, learn_s=learn_s, learn_all_slots_s=learn_all_slots_s,
         response_tokens=float(metrics["response_length"]) * responses,
         trained_tokens=float(metrics["trained_tokens"]))

@@ -82,13 +82,38 @@ class TrainState:
     ref_params: nnx.State
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int, *,
+                           schedule: str = "constant", total_steps: int | None = None,
+                           final_lr_ratio: float = 0.1) -> optax.Schedule:
+    """step -> rate: a linear warm-up from 0 to `learning_rate` over `warmup_steps`, then
+
+    - "constant": the rate held (the papers' setting);
+    - "cosine": a cosine decay to `final_lr_ratio` × `learning_rate` at `total_steps`.
+    """
+    warmup_steps = max(warmup_steps, 1)
+    if schedule == "constant":
+        return optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
+    if schedule == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"a cosine schedule needs total_steps > warmup_steps "
+                             f"({warmup_steps}), got {total_steps}")
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps,
+                                                  end_value=final_lr_ratio * learning_rate)
+    raise ValueError(f"schedule={schedule!r}: must be one of {LR_SCHEDULES}")
+
+
 def make_optimizer(learning_rate: float, warmup_steps: int, *, max_grad_norm: float = 1.0,
-                   weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999
-                   ) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then a constant rate, after global-norm clipping."""
-    schedule = optax.warmup_constant_schedule(0.0, learning_rate, max(warmup_steps, 1))
+                   weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                   schedule: str = "constant", total_steps: int | None = None,
+                   final_lr_ratio: float = 0.1) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping, its rate from `learning_rate_schedule`."""
+    rate = learning_rate_schedule(learning_rate, warmup_steps, schedule=schedule,
+                                  total_steps=total_steps, final_lr_ratio=final_lr_ratio)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                       optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+                       optax.adamw(rate, b1=b1, b2=b2, weight_decay=weight_decay))
 
 
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
@@ -123,18 +148,22 @@ def init_train_state(model: Transformer, optimizer: optax.GradientTransformation
         else jax.device_put(x, replicated), state)
 
 
-def sequence_logprobs(model: Transformer, tokens: jax.Array, sources: jax.Array, chunk: int
-                      ) -> tuple[jax.Array, jax.Array]:
+def sequence_logprobs(model: Transformer, tokens: jax.Array, sources: jax.Array, chunk: int,
+                      first_scored: int = 1) -> tuple[jax.Array, jax.Array]:
     """Log-prob [N, S] of each slot's token given the slots before it, and entropies [N, S].
 
-    Slot 0 gets 0 (it is always prompt or padding). PAD slots are masked out of
-    attention; the positions follow the mask exactly as in sampling.
+    Slots before `first_scored` (>= 1) get 0: with `first_scored` = the prompt length, the
+    output projection runs over the response slots only, which is all the loss reads. PAD
+    slots are masked out of attention; the positions follow the mask exactly as in sampling.
     """
+    if not 1 <= first_scored < tokens.shape[1]:
+        raise ValueError(f"first_scored={first_scored} must be in [1, {tokens.shape[1]})")
     hidden = model.hidden_states(tokens, attention_mask=sources != TokenSource.PAD)
-    logp, entropy = chunked_token_logprobs(hidden[:, :-1], model.output_embedding(),
-                                           tokens[:, 1:], chunk_size=chunk)
-    first = jnp.zeros((tokens.shape[0], 1), jnp.float32)
-    return jnp.concatenate([first, logp], 1), jnp.concatenate([first, entropy], 1)
+    logp, entropy = chunked_token_logprobs(hidden[:, first_scored - 1:-1],
+                                           model.output_embedding(), tokens[:, first_scored:],
+                                           chunk_size=chunk)
+    unscored = jnp.zeros((tokens.shape[0], first_scored), jnp.float32)
+    return (jnp.concatenate([unscored, logp], 1), jnp.concatenate([unscored, entropy], 1))
 
 
 def split_rows(x: jax.Array, chunks: int) -> jax.Array:
@@ -158,7 +187,10 @@ class StepParts(NamedTuple):
     rollout(params, batch, key) -> DecodeState of N = P·n responses
     score(rollout_state, batch) -> (scores [N, len(SCORE_NAMES)], loss mask [N, S],
                                     advantages [N])
-    learn(state, rollout_state, mask, advantages, key) -> (params, opt_state, metrics)
+    learn(state, rollout_state, mask, advantages, key, prompt_len) -> (params, opt_state,
+                                                                       metrics)
+    `prompt_len` (static: the prompt bucket L) is where responses start; the logits of
+    the prompt slots, which carry no loss, are not computed.
     """
 
     rollout: Callable
@@ -188,20 +220,20 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
                                  max_new_tokens=jnp.int32(config.max_new_tokens),
                                  pad_id=config.pad_id)
 
-    def forward_logprobs(params, tokens, sources):
+    def forward_logprobs(params, tokens, sources, prompt_len):
         return sequence_logprobs(nnx.merge(graphdef, params), tokens, sources,
-                                 config.logprob_chunk)
+                                 config.logprob_chunk, first_scored=prompt_len)
 
-    def batched_logprobs(params, tokens, sources):
+    def batched_logprobs(params, tokens, sources, prompt_len):
         """forward_logprobs over the whole batch, one training micro-batch at a time (a
         whole-batch pass would hold every row's attention scores at once)."""
         chunks = config.num_mini_batches * config.num_micro_batches
-        logp = jax.lax.map(lambda ts: forward_logprobs(params, *ts)[0],
+        logp = jax.lax.map(lambda ts: forward_logprobs(params, *ts, prompt_len)[0],
                            (split_rows(tokens, chunks), split_rows(sources, chunks)))
         return merge_rows(logp)
 
-    def micro_loss(params, micro, totals):
-        logp, entropy = forward_logprobs(params, micro["tokens"], micro["sources"])
+    def micro_loss(params, micro, totals, prompt_len):
+        logp, entropy = forward_logprobs(params, micro["tokens"], micro["sources"], prompt_len)
         old = jax.lax.stop_gradient(logp) if config.single_update else micro["old_logp"]
         loss, metrics = grpo.grpo_loss(
             logp, old, micro["ref_logp"], micro["advantages"], micro["mask"],
@@ -212,11 +244,12 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
                                             total_tokens=totals[0])
         return loss, metrics
 
-    def update(params, opt_state, mini):
+    def update(params, opt_state, mini, prompt_len):
         """One optimizer update on a mini-batch, gradients summed over micro-batches."""
         totals = (mini["mask"].sum(), jnp.float32(mini["mask"].shape[0]))
         micro = jax.tree.map(lambda x: split_rows(x, config.num_micro_batches), mini)
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        grad_fn = jax.value_and_grad(
+            lambda p, one, totals: micro_loss(p, one, totals, prompt_len), has_aux=True)
 
         def accumulate(carry, one):
             grads, metrics = carry
@@ -243,13 +276,13 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         rewards = scores[:, SCORE_NAMES.index("reward")]
         return scores, mask, grpo.group_advantages(rewards, n, config.advantage_estimator)
 
-    def learn(state, rollout_state, mask, advantages, key):
+    def learn(state, rollout_state, mask, advantages, key, prompt_len: int):
         tokens, sources = rollout_state.tokens, rollout_state.sources
         data = {"tokens": tokens, "sources": sources, "mask": mask, "advantages": advantages}
-        data["ref_logp"] = (batched_logprobs(state.ref_params, tokens, sources)
+        data["ref_logp"] = (batched_logprobs(state.ref_params, tokens, sources, prompt_len)
                             if config.kl_coef else jnp.zeros(tokens.shape, jnp.float32))
         if not config.single_update:
-            data["old_logp"] = batched_logprobs(state.params, tokens, sources)
+            data["old_logp"] = batched_logprobs(state.params, tokens, sources, prompt_len)
 
         params, opt_state = state.params, state.opt_state
         num = tokens.shape[0]
@@ -259,7 +292,7 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
                      jax.random.permutation(jax.random.fold_in(key, epoch), num))
             for rows in jnp.split(order, config.num_mini_batches):
                 mini = jax.tree.map(lambda x: x[rows], data)
-                params, opt_state, m = update(params, opt_state, mini)
+                params, opt_state, m = update(params, opt_state, mini, prompt_len)
                 update_metrics.append(m)
         metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *update_metrics)
         return params, opt_state, metrics
@@ -292,7 +325,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         rollout_state = parts.rollout(state.params, batch, sample_key)
         scores, mask, advantages = parts.score(rollout_state, batch)
         params, opt_state, metrics = parts.learn(state, rollout_state, mask, advantages,
-                                                 shuffle_key)
+                                                 shuffle_key, batch["prompt_ids"].shape[1])
 
         tokens, sources = rollout_state.tokens, rollout_state.sources
         policy = sources == TokenSource.POLICY

@@ -102,7 +102,7 @@ class HostStep:
         def learn(state: TrainState, tokens, sources, mask, reward_values, key):
             advantages = grpo.group_advantages(reward_values, n, estimator)
             params, opt_state, metrics = parts.learn(state, _Trajectories(tokens, sources),
-                                                     mask, advantages, key)
+                                                     mask, advantages, key, self.prompt_len)
             new = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                              ref_params=state.ref_params)
             return new, metrics

@@ -9,7 +9,9 @@ from flax import nnx
 from ssrl_jax.models import ModelConfig, init_model
 from ssrl_jax.rl.rewards import RewardParts
 from ssrl_jax.rl.scoring import encode_golds
-from ssrl_jax.rl.step import StepConfig, init_train_state, make_optimizer, make_train_step
+from ssrl_jax.rl.step import (StepConfig, init_train_state, learning_rate_schedule,
+                               make_optimizer, make_train_step, sequence_logprobs)
+from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sharding import ShardingRules, make_mesh
 
 # A synthetic task whose reward is reachable by chance: the prompt names a word,
@@ -149,3 +151,40 @@ def test_optimizer_moments_are_sharded_like_their_parameters(eight_devices):
     for moments in (adam.mu, adam.nu):
         assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding.spec, moments)) == param_specs
     assert any(spec != jax.sharding.PartitionSpec(*[None] * len(spec)) for spec in param_specs)
+
+
+def test_response_logprobs_match_the_full_pass_and_skip_the_prompt():
+    model = init_model(CONFIG, seed=3)
+    rng = np.random.RandomState(3)
+    tokens = jnp.asarray(rng.randint(0, VOCAB - 3, (4, 10)), jnp.int32)
+    sources = np.full((4, 10), TokenSource.POLICY, np.int32)
+    sources[:, :6] = TokenSource.PROMPT
+    sources[0, :2] = TokenSource.PAD           # a left-padded prompt
+    sources = jnp.asarray(sources)
+    full_logp, full_entropy = sequence_logprobs(model, tokens, sources, chunk=4)
+    logp, entropy = sequence_logprobs(model, tokens, sources, chunk=4, first_scored=6)
+    np.testing.assert_allclose(logp[:, 6:], full_logp[:, 6:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(entropy[:, 6:], full_entropy[:, 6:], rtol=1e-5, atol=1e-6)
+    assert not np.any(np.asarray(logp[:, :6])) and not np.any(np.asarray(entropy[:, :6]))
+    assert np.all(np.asarray(full_logp[:, 2:6]) < 0)   # the full pass did score the prompt
+    with pytest.raises(ValueError, match="first_scored=10"):
+        sequence_logprobs(model, tokens, sources, chunk=4, first_scored=10)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]),
+    # cosine from step 2 to step 6: 1 → 0.1 along half a cosine
+    ("cosine", [0.0, 0.5, 1.0, 0.1 + 0.9 * (1 + np.cos(np.pi / 4)) / 2, 0.55,
+                0.1 + 0.9 * (1 + np.cos(3 * np.pi / 4)) / 2]),
+])
+def test_learning_rate_schedules(schedule, expected):
+    rate = learning_rate_schedule(1.0, 2, schedule=schedule, total_steps=6, final_lr_ratio=0.1)
+    np.testing.assert_allclose([float(rate(step)) for step in range(6)], expected, rtol=1e-6)
+    assert float(rate(100)) == pytest.approx(expected[-1] if schedule == "constant" else 0.1)
+
+
+def test_cosine_schedule_needs_a_length():
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        make_optimizer(1.0, warmup_steps=10, schedule="cosine", total_steps=10)
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        make_optimizer(1.0, warmup_steps=1, schedule="linear")

@@ -42,6 +42,7 @@ def test_paper_configs_carry_the_spec_settings():
     ("mesh.tensor", 0, "config.mesh.tensor=0"),
     ("data.chat", "yes", "expected one of ('auto', 'true', 'false')"),
     ("grpo.dual_clip", 0.5, "0 (off) or a number > 1"),
+    ("optim.schedule", "linear", "expected one of ('constant', 'cosine')"),
     ("log.num_samples", -1, "config.log.num_samples=-1 is not allowed: expected an integer >= 0"),
 ])
 def test_bad_field_is_named(field, value, expected):
