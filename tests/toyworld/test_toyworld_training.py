@@ -7,7 +7,11 @@ import pathlib
 import numpy as np
 import pytest
 
+from transformers import AutoTokenizer
+
 from ssrl_jax import trainer
+from ssrl_jax.data.qa import read_qa
+from ssrl_jax.data.train_batches import tokenize_prompts
 from ssrl_jax.toyworld import assets_dir, model_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -47,6 +51,18 @@ def test_config_points_at_the_shipped_world(name, rows):
     assert (model_dir() / "config.json").is_file()
     assert (model_dir() / "model.safetensors").is_file()
     assert pathlib.Path(c.data.train_files) == assets_dir() / rows
+
+
+@pytest.mark.parametrize("name,rows", [("toyworld.py", "train.jsonl"),
+                                       ("tiny.py", "quickstart.jsonl")])
+def test_no_shipped_training_question_is_dropped_for_its_prompt_length(name, rows):
+    c = load_config(name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    questions = read_qa(str(assets_dir() / rows))
+    kept, _ = tokenize_prompts(questions, tokenizer, mode=c.data.prompt_mode,
+                               chat=c.data.chat == "true",
+                               max_prompt_tokens=c.data.max_prompt_tokens)
+    assert len(kept) == len(questions)
 
 
 def test_quickstart_rows_are_the_fixed_training_subset(tmp_path):
