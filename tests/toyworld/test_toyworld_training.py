@@ -60,7 +60,7 @@ def test_no_shipped_training_question_is_dropped_for_its_prompt_length(name, row
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     questions = read_qa(str(assets_dir() / rows))
     kept, _ = tokenize_prompts(questions, tokenizer, mode=c.data.prompt_mode,
-                               chat=c.data.chat == "true",
+                               chat=trainer.use_chat(c.data.chat, tokenizer),
                                max_prompt_tokens=c.data.max_prompt_tokens)
     assert len(kept) == len(questions)
 
