@@ -124,21 +124,32 @@ class Transformer(nnx.Module):
         self.lm_head = (None if config.tie_word_embeddings else
                         nnx.Param(normal(rngs.params(), (d, v), dtype), logical_axes=("embed", "vocab")))
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        """input_ids, attention_mask: [B, T] -> logits [B, T, V] in fp32."""
-        return self.logits(self.hidden_states(input_ids, attention_mask))
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """input_ids, attention_mask, segment_ids: [B, T] -> logits [B, T, V] in fp32."""
+        return self.logits(self.hidden_states(input_ids, attention_mask,
+                                              segment_ids=segment_ids))
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                      positions: jax.Array | None = None) -> jax.Array:
-        """Final-normed hidden states [B, T, D]; positions default to those of the mask."""
+                      positions: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+        """Final-normed hidden states [B, T, D].
+
+        segment_ids [B, T] (packed rows: one id per example, runs of equal ids) keep each
+        token's attention inside its own example and restart positions at 0 with each
+        example. Positions otherwise default to those of the mask.
+        """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, bool)
         attention_mask = attention_mask.astype(bool)
         if positions is None:
-            positions = layers.positions_from_mask(attention_mask)
+            positions = (layers.positions_from_mask(attention_mask) if segment_ids is None
+                         else layers.positions_from_segments(segment_ids))
         t = input_ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), bool))
         mask = causal[None] & attention_mask[:, None, :]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         x, _ = self._run_layers(self._embed(input_ids), positions, mask, cache=None)
         return self._final_norm(x)
 

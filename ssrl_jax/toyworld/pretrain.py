@@ -31,7 +31,11 @@ practice*: their documents are left out, and their trajectories show the true do
 no loss on it, so the fact after it can only be read from the context. That teaches the model
 to use a real search's documents but costs self-search; the shipped model uses 1
 (docs/toyworld.md, "Reading practice").
-Sequences are packed into rows of `--seq-len` tokens. Everything is deterministic
+Examples are packed into rows of `--seq-len` tokens, each example attending only to itself
+with positions from 0 (`--packing segments`); letting an example see the unrelated ones
+packed before it (`--packing concat`, the previous model) made a model that searched on
+more questions but wrote the wrong fact from its own document more often (docs/toyworld.md,
+"Packing"). Everything is deterministic
 given `--seed` (the world, the split, the tokenizer, the data order and the initialisation).
 """
 
@@ -65,6 +69,9 @@ SINGLE_HOP_BENCHMARK = "toyworld_1hop"   # <out>/benchmarks/toyworld_1hop/test.j
 MULTI_HOP_BENCHMARK = "toyworld_2hop"    # <out>/benchmarks/toyworld_2hop/test.jsonl
 
 
+PACKINGS = ("concat", "segments")
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
     seed: int = 0
@@ -87,6 +94,15 @@ class PretrainSettings:
     num_kv_heads: int = 2
     head_dim: int = 32
     eval_max_new_tokens: int = 192
+    # How packed examples see each other: "segments" (each attends only to itself and its
+    # positions start at 0, as every prompt does at inference; the shipped model) or
+    # "concat" (each attends to the examples before it in its row, positions run on; the
+    # previous model, a worse searcher: docs/toyworld.md, "Packing").
+    packing: str = "segments"
+
+    def __post_init__(self):
+        if self.packing not in PACKINGS:
+            raise ValueError(f"--packing={self.packing!r}: must be one of {PACKINGS}")
 
 
 # ------------------------------------------------------------------ world files ----
@@ -188,27 +204,35 @@ def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
 
 
 def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int,
-         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffles the examples and packs them into rows of seq_len + 1 tokens.
 
-    Returns (tokens [R, seq_len + 1], loss mask [R, seq_len + 1]); an example never spans
-    two rows (one longer than a row is cut).
+    Returns (tokens, loss mask, segment ids), each [R, seq_len + 1]; segment ids number
+    the examples of a row 1, 2, ... and are 0 on padding. An example never spans two rows
+    (one longer than a row is cut).
     """
     order = rng.permutation(len(examples))
-    rows, masks = [], []
-    row, mask = [], []
+    rows, masks, segments = [], [], []
+    row, mask, segment = [], [], []
+
+    def close_row():
+        pad = seq_len + 1 - len(row)
+        rows.append(row + [pad_id] * pad)
+        masks.append(mask + [0] * pad)
+        segments.append(segment + [0] * pad)
+
     for i in order:
         ids, m = examples[i]
         ids, m = ids[:seq_len + 1], m[:seq_len + 1]
         if len(row) + len(ids) > seq_len + 1:
-            rows.append(row + [pad_id] * (seq_len + 1 - len(row)))
-            masks.append(mask + [0] * (seq_len + 1 - len(mask)))
-            row, mask = [], []
-        row, mask = row + list(ids), mask + list(m)
+            close_row()
+            row, mask, segment = [], [], []
+        number = (segment[-1] if segment else 0) + 1
+        row, mask, segment = row + list(ids), mask + list(m), segment + [number] * len(ids)
     if row:
-        rows.append(row + [pad_id] * (seq_len + 1 - len(row)))
-        masks.append(mask + [0] * (seq_len + 1 - len(mask)))
-    return np.asarray(rows, np.int32), np.asarray(masks, np.float32)
+        close_row()
+    return (np.asarray(rows, np.int32), np.asarray(masks, np.float32),
+            np.asarray(segments, np.int32))
 
 
 # ------------------------------------------------------------------ training ----
@@ -243,32 +267,33 @@ def train(model, examples, settings: PretrainSettings, *, log_every: int = 50,
     graphdef, params = nnx.split(model)
     opt_state = tx.init(params)
 
-    def loss_fn(params, tokens, mask):
+    def loss_fn(params, tokens, mask, segments):
         m = nnx.merge(graphdef, params)
-        logits = m(tokens[:, :-1])
+        logits = m(tokens[:, :-1],
+                   segment_ids=segments[:, :-1] if settings.packing == "segments" else None)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
         weights = mask[:, 1:]
         return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
     @jax.jit
-    def step(params, opt_state, tokens, mask):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, mask)
+    def step(params, opt_state, tokens, mask, segments):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, mask, segments)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(settings.seed)
-    tokens, masks = pack(examples, settings.seq_len, pad_id, rng)
+    tokens, masks, segments = pack(examples, settings.seq_len, pad_id, rng)
     cursor, curve, losses = 0, [], []
     start = time.perf_counter()
     for s in range(1, settings.steps + 1):
         if cursor + settings.batch_size > len(tokens):
-            tokens, masks = pack(examples, settings.seq_len, pad_id, rng)
+            tokens, masks, segments = pack(examples, settings.seq_len, pad_id, rng)
             cursor = 0
         batch = slice(cursor, cursor + settings.batch_size)
         cursor += settings.batch_size
         params, opt_state, loss = step(params, opt_state, jnp.asarray(tokens[batch]),
-                                       jnp.asarray(masks[batch]))
+                                       jnp.asarray(masks[batch]), jnp.asarray(segments[batch]))
         losses.append(float(loss))
         if s % log_every == 0 or s == settings.steps:
             mean = float(np.mean(losses))
@@ -379,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = PretrainSettings()
     for field in dataclasses.fields(PretrainSettings):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
-                            default=field.default)
+                            default=field.default,
+                            choices=PACKINGS if field.name == "packing" else None)
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args(argv)
     settings = PretrainSettings(**{f.name: getattr(args, f.name)

@@ -1,5 +1,6 @@
 """The toy world generator: determinism, answers consistent with the facts, corpus format."""
 
+import dataclasses
 import json
 
 import pytest
@@ -164,3 +165,9 @@ def test_shipped_world_files_match_the_generator():
                (out / "sft_trajectories.jsonl").read_text().splitlines()]
     assert shipped == sft_examples(world, splits["sft"], seed=seed,
                                    direct_fraction=PretrainSettings().direct_fraction)
+
+
+def test_shipped_model_was_pretrained_with_the_script_defaults():
+    """`pretrain --out DIR` with no other flag reproduces the shipped model."""
+    log = json.loads((assets_dir() / "pretrain_log.json").read_text())
+    assert log["settings"] == dataclasses.asdict(PretrainSettings())
