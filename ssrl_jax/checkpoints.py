@@ -142,6 +142,19 @@ def locate(path: str | epath.Path) -> tuple[epath.Path, int | None]:
         f"{path}: not a training workdir, a checkpoints directory or a step directory")
 
 
+def is_checkpoint_path(path: str | epath.Path) -> bool:
+    """Whether `path` is a workdir, checkpoints directory or step directory of ours (and
+    not a Hugging Face model directory)."""
+    path = absolute(path)
+    if (path / "config.json").exists():
+        return False
+    if (path / META).exists() and path.name.isdigit():
+        return True
+    directory = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).is_dir() else path
+    return directory.is_dir() and any(p.name.isdigit() and (p / META).exists()
+                                      for p in directory.iterdir())
+
+
 def candidate_steps(manager: ocp.CheckpointManager, directory: epath.Path) -> list[int]:
     """Listed steps, newest first, after warning about any unfinished ones."""
     for name in incomplete_steps(directory):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -100,11 +102,19 @@ class ShardingRules:
         return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
 
 
-def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A mesh over `data`, `fsdp`, `tensor` (missing axes have size 1; one axis may be -1).
+def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None, *,
+              num_slices: int = 1, allow_split_physical_axes: bool = False
+              ) -> jax.sharding.Mesh:
+    """A topology-aware mesh over `data`, `fsdp`, `tensor` (missing axes 1; one may be -1).
 
-    Axis types are Auto: shardings propagate through the program from the
-    parameters, inputs and the constraints placed on activations.
+    Devices are laid out by JAX's mesh utilities, so on a TPU slice each axis follows the
+    physical torus (an axis may span hosts: inside a slice every chip is on ICI). With
+    `num_slices > 1` the run spans several slices and the `data` axis is split across
+    them over DCN (a hybrid mesh); the other axes stay inside a slice. A mesh that cannot
+    be laid out is refused with the axis and the topology named.
+
+    Axis types are Auto: shardings propagate through the program from the parameters,
+    inputs and the constraints placed on activations.
     """
     unknown = [a for a in axes if a not in MESH_AXES]
     if unknown:
@@ -120,14 +130,48 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
         if len(devices) % known:
             raise ValueError(f"mesh: {len(devices)} devices cannot be split as {dict(axes)}")
         sizes[sizes.index(-1)] = len(devices) // known
+    shape = dict(zip(MESH_AXES, sizes))
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                         f"have {len(devices)}")
-    if devices == list(jax.devices()):
-        return jax.make_mesh(tuple(sizes), MESH_AXES,
+        raise ValueError(f"mesh: {shape} needs {math.prod(sizes)} devices, have {len(devices)}")
+    if num_slices < 1 or sizes[0] % num_slices:
+        raise ValueError(f"mesh: data={sizes[0]} must be a multiple of num_slices={num_slices} "
+                         "(the data axis is the one split across slices)")
+    try:
+        if num_slices > 1:
+            ici = (sizes[0] // num_slices, *sizes[1:])
+            grid = mesh_utils.create_hybrid_device_mesh(
+                ici, (num_slices, 1, 1), devices,
+                allow_split_physical_axes=allow_split_physical_axes)
+        else:
+            grid = mesh_utils.create_device_mesh(
+                sizes, devices, allow_split_physical_axes=allow_split_physical_axes)
+    except (NotImplementedError, ValueError, AssertionError) as error:
+        raise ValueError(_layout_error(shape, devices, num_slices, error)) from error
+    return jax.sharding.Mesh(grid, MESH_AXES,
                              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
-    return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
-                             axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def describe_topology(devices: Sequence[jax.Device]) -> str:
+    """E.g. '64 TPU v5p devices, physical 4x4x4, 16 hosts, 1 slice'."""
+    first = devices[0]
+    words = [f"{len(devices)} {first.device_kind} devices"]
+    coords = [getattr(d, "coords", None) for d in devices]
+    if all(c is not None for c in coords):
+        words.append("physical " + "x".join(str(max(c[i] for c in coords) + 1)
+                                            for i in range(len(coords[0]))))
+    words.append(f"{len({d.process_index for d in devices})} hosts")
+    words.append(f"{len({getattr(d, 'slice_index', 0) for d in devices})} slice(s)")
+    return ", ".join(words)
+
+
+def _layout_error(shape: dict[str, int], devices: Sequence[jax.Device], num_slices: int,
+                  error: Exception) -> str:
+    found = re.search(r"logical_axis_index (\d+)", str(error))
+    axis = f"axis {MESH_AXES[int(found.group(1))]!r}" if found else "an axis"
+    return (f"mesh {shape} (num_slices={num_slices}): {axis} cannot be laid out on "
+            f"{describe_topology(devices)}. Each axis inside a slice must be a product of "
+            f"physical axis sizes; change config.mesh, or set "
+            f"config.mesh_allow_split_physical_axes=True. ({error})")
 
 
 def constrain(x: jax.Array, logical_axes: LogicalAxes, rules: ShardingRules | None) -> jax.Array:

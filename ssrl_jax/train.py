@@ -35,9 +35,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    from ssrl_jax import trainer  # after flag parsing: `--help` stays fast
+    from ssrl_jax import distributed, trainer  # after flag parsing: `--help` stays fast
 
-    trainer.maybe_initialize_distributed(_CONFIG.value.distributed)
+    try:
+        distributed.initialize(_CONFIG.value.distributed)
+    except distributed.DistributedSetupError as error:
+        sys.exit(f"error: {error}")
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     try:
         result = trainer.run(_CONFIG.value, workdir)

@@ -117,6 +117,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # How the mesh is laid out on the devices (sharding.make_mesh): several TPU slices
+    # split `data` over DCN; splitting a physical torus axis must be asked for.
+    c.mesh_layout = ml_collections.ConfigDict(dict(num_slices=1,
+                                                   allow_split_physical_axes=False))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
@@ -242,6 +246,8 @@ _CHECKS: dict[str, Check] = {
     "optim.weight_decay": _number(0.0),
     "optim.b1": _number(0.0, 1.0),
     "optim.b2": _number(0.0, 1.0),
+    "mesh_layout.num_slices": _int(1),
+    "mesh_layout.allow_split_physical_axes": _bool,
     "checkpoint.every_steps": _int(1),
     "checkpoint.max_to_keep": _int(1),
     "checkpoint.async_save": _bool,
@@ -277,6 +283,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigFieldError(f"config.{field}={value!r} is not allowed: expected {allowed}")
     if sum(config.mesh[a] == -1 for a in MESH_AXES) > 1:
         raise ConfigFieldError(f"config.mesh={dict(config.mesh)}: at most one axis may be -1")
+    if config.mesh.data != -1 and config.mesh.data % config.mesh_layout.num_slices:
+        raise ConfigFieldError(
+            f"config.mesh.data={config.mesh.data} must be a multiple of "
+            f"config.mesh_layout.num_slices={config.mesh_layout.num_slices} (data parallelism "
+            "is the axis split across slices)")
     responses = config.batch_size * config.rollout.group_size
     per_mini, rem = divmod(responses, config.grpo.num_mini_batches)
     if rem:

@@ -62,20 +62,16 @@ class RunResult:
     history: list[dict[str, float]]
 
 
-def maybe_initialize_distributed(mode: str) -> bool:
-    """`jax.distributed.initialize()` on a multi-host TPU slice (or when asked).
-
-    Must run before anything touches a JAX device. Returns whether it initialised.
-    """
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    wanted = mode == "on" or (mode == "auto" and (len(hosts) > 1
-                                                  or "JAX_COORDINATOR_ADDRESS" in os.environ))
-    if wanted:
-        jax.distributed.initialize()
-    return wanted
-
-
 # ------------------------------------------------------------ building blocks ----
+
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """config.mesh laid out on this run's devices (config.mesh_layout)."""
+    try:
+        return make_mesh(dict(config.mesh), num_slices=config.mesh_layout.num_slices,
+                         allow_split_physical_axes=config.mesh_layout.allow_split_physical_axes)
+    except ValueError as error:
+        raise tc.ConfigFieldError(f"config.mesh={dict(config.mesh)}: {error}") from error
+
 
 def load_tokenizer(config: ml_collections.ConfigDict, model_dir: str | None) -> tuple[Any, str]:
     """(tokenizer, the local directory it was read from)."""
@@ -103,14 +99,34 @@ def use_chat(setting: str, tokenizer: Any) -> bool:
     return has_template if setting == "auto" else setting == "true"
 
 
-def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, tokenizer: Any,
-                  mesh: jax.sharding.Mesh, rules: ShardingRules
-                  ) -> tuple[ModelConfig, Callable[[], Transformer]]:
-    """(model config, a function that builds the initial model on `mesh`).
+def model_checkpoint_meta(config: ml_collections.ConfigDict) -> dict | None:
+    """The meta of the Orbax checkpoint `config.model.path` names, else None.
 
-    Called twice per run: for the policy and for the frozen KL reference.
+    A checkpoint (`convert hf-to-orbax` output, or a run's workdir) is how a pod loads a
+    model: each host restores only its own shards, with no copy of the whole directory.
     """
+    path = config.model.path
+    if not path or not checkpoints.is_checkpoint_path(path):
+        return None
+    try:
+        return checkpoints.read_meta(path)[1]
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is reported alike
+        raise tc.ConfigFieldError(f"config.model.path={path!r}: cannot read the checkpoint "
+                                  f"({type(error).__name__}: {error})") from error
+
+
+def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, tokenizer: Any,
+                  mesh: jax.sharding.Mesh, rules: ShardingRules,
+                  checkpoint_meta: dict | None = None
+                  ) -> tuple[ModelConfig, Callable[[], Transformer]]:
+    """(model config, a function that builds the initial model on `mesh`)."""
     m = config.model
+    if checkpoint_meta is not None:
+        overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        model_config = checkpoints.model_config_from_meta(checkpoint_meta, source=m.path,
+                                                          **overrides)
+        return model_config, lambda: checkpoints.load_model(m.path, mesh=mesh, rules=rules,
+                                                            **overrides)[0]
     if model_dir:
         from ssrl_jax.models.hf import read_hf_config
 
@@ -128,12 +144,15 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
                                            mesh=mesh, rules=rules)
 
 
-def eos_and_pad(model_dir: str | None, model_config: ModelConfig,
-                tokenizer: Any) -> tuple[tuple[int, ...], int]:
+def eos_and_pad(model_dir: str | None, model_config: ModelConfig, tokenizer: Any,
+                generation_config: dict | None = None) -> tuple[tuple[int, ...], int]:
     from ssrl_jax.sampler.text import eos_ids
 
     ids = eos_ids(model_dir, model_config, tokenizer) if model_dir else tuple(
         i for i in (tokenizer.eos_token_id,) if i is not None)
+    extra = (generation_config or {}).get("eos_token_id")
+    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    ids = tuple(dict.fromkeys([*ids, *(i for i in extra if 0 <= i < model_config.vocab_size)]))
     if not ids:
         raise tc.ConfigFieldError("config.model: neither the model nor the tokenizer names an "
                                   "end-of-sequence token")
@@ -273,20 +292,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
     """Trains until `total_steps` (or `stop_after` steps, for tests), resuming if it can."""
     tc.validate(config)
     workdir_path = epath.Path(workdir)
-    try:
-        mesh = make_mesh(dict(config.mesh))
-    except ValueError as error:
-        raise tc.ConfigFieldError(f"config.mesh={dict(config.mesh)}: {error}") from error
+    mesh = build_mesh(config)
+    checkpoint_meta = model_checkpoint_meta(config)
     try:
         model_dir = (local_model_dir(config.model.path, config.model.cache_dir)
-                     if config.model.path else None)
+                     if config.model.path and checkpoint_meta is None else None)
     except Exception as error:  # noqa: BLE001 - any filesystem's "cannot read" is reported alike
         raise tc.ConfigFieldError(f"config.model.path={config.model.path!r}: cannot read the "
                                   f"model directory ({type(error).__name__}: {error})") from error
-    tokenizer, _ = load_tokenizer(config, model_dir)
+    generation_config = (source_generation_config(model_dir) if checkpoint_meta is None
+                         else checkpoint_meta.get("generation_config"))
+    tokenizer, _ = load_tokenizer(config, model_dir or (checkpoint_meta or {}).get("tokenizer"))
     chat = use_chat(config.data.chat, tokenizer)
-    model_config, build_model = model_builder(config, model_dir, tokenizer, mesh, rules)
-    eos_ids, pad_id = eos_and_pad(model_dir, model_config, tokenizer)
+    model_config, build_model = model_builder(config, model_dir, tokenizer, mesh, rules,
+                                              checkpoint_meta)
+    eos_ids, pad_id = eos_and_pad(model_dir, model_config, tokenizer, generation_config)
     runlog = RunLog(workdir_path, total_steps=0, tensorboard=config.log.tensorboard,
                     enabled=jax.process_index() == 0)
 
@@ -299,16 +319,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
         rows, tokenizer, mode=config.data.prompt_mode, chat=chat,
         max_prompt_tokens=config.data.max_prompt_tokens)
     total_steps = config.total_steps or num_batches(
-        len(rows), batch_size=config.batch_size, process_count=jax.process_count(),
-        num_epochs=config.num_epochs)
+        len(rows), batch_size=config.batch_size, num_epochs=config.num_epochs)
     if total_steps < 1:
         raise tc.ConfigFieldError(f"config.batch_size={config.batch_size}: the {len(rows)} "
                                   "training rows do not fill one batch")
     runlog.total_steps = total_steps
+    # Every host walks the same global batches and keeps the rows its devices hold
+    # (train_batches.step_batch), so the run does not depend on the number of hosts.
     iterator = make_qa_iterator(rows, batch_size=config.batch_size, seed=config.seed,
-                                shuffle=config.data.shuffle, num_epochs=None,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                shuffle=config.data.shuffle, num_epochs=None)
 
     optimizer = make_optimizer(config.optim.learning_rate,
                                round(config.optim.warmup_ratio * total_steps),
@@ -342,7 +361,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
     tokenizer_dir = save_tokenizer(tokenizer, workdir_path)
     meta_base = {"model": checkpoints.model_meta(model_config), "tokenizer": str(tokenizer_dir),
                  "seed": config.seed, "config": config.to_dict(),
-                 "generation_config": source_generation_config(model_dir)}
+                 "generation_config": generation_config}
     runlog.message(f"{model_config.family} model, {model_config.num_params() / 1e6:.1f}M "
                    f"params | {len(rows)} training rows, prompts padded to {prompts.length} "
                    f"tokens | mesh {dict(mesh.shape)} | steps {start_step}→{total_steps} | "

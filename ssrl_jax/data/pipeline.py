@@ -1,15 +1,15 @@
-"""The grain input pipeline for QA rows: mixing, per-host sharding, shuffling, batching.
+"""The grain input pipeline for QA rows: mixing, shuffling, batching.
 
-``make_qa_iterator`` is what training calls on every host:
+``make_qa_iterator`` is what training calls, the same on every host:
 
-    rows  --global permutation (seed; same on every host)-->  contiguous host slice
-          --shuffle (new order each epoch)--> repeat(num_epochs) --> batch(batch_size // hosts)
+    rows --shuffle (seed; a new order each epoch)--> repeat(num_epochs) --> batch(batch_size)
 
-Every host keeps ``len(rows) // process_count`` rows (the last ``len(rows) % process_count``
-of the permutation are left out), so all hosts produce the same number of batches and stay in
-lockstep. Batches are dicts of Python lists (``golden_answers`` vary in length per row). The
-iterator's position is ``it.get_state()`` (a small JSON-serialisable dict) and is restored with
-``it.set_state(state)`` on an iterator built with the same arguments.
+Every host walks the same **global** batches; which rows of a batch a host feeds to the
+device mesh is read off the batch sharding (``train_batches.step_batch``), so the run is the
+same on any number of hosts and resumes on another. Batches are dicts of Python lists
+(``golden_answers`` vary in length per row). The iterator's position is ``it.get_state()`` (a
+small JSON-serialisable dict) and is restored with ``it.set_state(state)`` on an iterator built
+with the same arguments.
 """
 
 from __future__ import annotations
@@ -116,30 +116,18 @@ def collate_rows(rows: Sequence[QARow]) -> QABatch:
     return {field: [getattr(row, field) for row in rows] for field in _FIELDS}
 
 
-def _host_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
-    if not isinstance(process_count, int) or process_count < 1:
-        raise ValueError(f"process_count must be a positive integer, got {process_count!r}")
-    if not isinstance(process_index, int) or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index must be in [0, {process_count}), got {process_index!r}"
-        )
+def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if batch_size % process_count:
-        raise ValueError(
-            f"batch_size (global) {batch_size} must be divisible by process_count {process_count}"
-        )
-    return batch_size // process_count
 
 
 def num_batches(
-    num_rows: int, *, batch_size: int, process_count: int = 1, num_epochs: int = 1,
-    drop_remainder: bool = True,
+    num_rows: int, *, batch_size: int, num_epochs: int = 1, drop_remainder: bool = True,
 ) -> int:
-    """How many batches each host's iterator yields for ``num_epochs`` passes over the rows."""
-    per_host = _host_batch_size(batch_size, 0, process_count)
-    host_rows = (num_rows // process_count) * num_epochs
-    return host_rows // per_host if drop_remainder else -(-host_rows // per_host)
+    """How many batches the iterator yields for ``num_epochs`` passes over the rows."""
+    _check_batch_size(batch_size)
+    total = num_rows * num_epochs
+    return total // batch_size if drop_remainder else -(-total // batch_size)
 
 
 def make_qa_dataset(
@@ -149,46 +137,39 @@ def make_qa_dataset(
     seed: int,
     shuffle: bool = True,
     num_epochs: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
     drop_remainder: bool = True,
 ) -> grain.MapDataset:
-    """This host's batches as a grain ``MapDataset`` (see the module docstring for the order).
+    """The global batches as a grain ``MapDataset`` (see the module docstring for the order).
 
     Args:
       rows: all rows (identical on every host).
-      batch_size: the **global** batch; each host's batches hold ``batch_size // process_count``.
-      seed: fixes the host split and every epoch's order.
-      shuffle: ``False`` keeps ``rows`` order (hosts then take contiguous blocks).
+      batch_size: the **global** batch.
+      seed: fixes every epoch's order.
+      shuffle: ``False`` keeps ``rows`` order.
       num_epochs: passes over the rows; ``None`` repeats forever. Batches run across epoch
         boundaries; only the very end of a finite run can leave a remainder.
-      process_index, process_count: this host and the number of hosts (``jax.process_index()``,
-        ``jax.process_count()``).
       drop_remainder: drop a final partial batch (keep it ``True`` for training: fixed shapes).
     """
     _check_seed(seed)
-    per_host = _host_batch_size(batch_size, process_index, process_count)
+    _check_batch_size(batch_size)
     if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
         raise ValueError(f"num_epochs must be a positive integer or None, got {num_epochs!r}")
-    host_rows = len(rows) // process_count
-    if host_rows == 0:
-        raise ValueError(f"{len(rows)} rows cannot be split over {process_count} hosts")
-    if num_epochs is not None and drop_remainder and host_rows * num_epochs < per_host:
+    if not rows:
+        raise ValueError("no rows to batch")
+    if num_epochs is not None and drop_remainder and len(rows) * num_epochs < batch_size:
         raise ValueError(
-            f"each host has {host_rows} rows x {num_epochs} epochs, fewer than its batch of "
-            f"{per_host}: no batch would be produced"
+            f"{len(rows)} rows x {num_epochs} epochs are fewer than a batch of {batch_size}: "
+            "no batch would be produced"
         )
 
     ds = grain.MapDataset.source(list(rows))
     if shuffle:
-        ds = ds.shuffle(seed=_derive_seed(seed, 0))
-    start = process_index * host_rows
-    ds = ds[start:start + host_rows]
-    if shuffle:
-        ds = ds.shuffle(seed=_derive_seed(seed, 1, process_index))
+        # Two seeded shuffles: the exact order earlier (per-host) versions gave one host, so
+        # documented runs and saved iterator positions stay valid.
+        ds = ds.shuffle(seed=_derive_seed(seed, 0)).shuffle(seed=_derive_seed(seed, 1, 0))
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
-    return ds.batch(per_host, drop_remainder=drop_remainder, batch_fn=collate_rows)
+    return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate_rows)
 
 
 def make_qa_iterator(
@@ -198,13 +179,11 @@ def make_qa_iterator(
     seed: int,
     shuffle: bool = True,
     num_epochs: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
     drop_remainder: bool = True,
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
 ) -> grain.DatasetIterator:
-    """A checkpointable iterator over this host's batches (``QABatch`` dicts).
+    """A checkpointable iterator over the global batches (``QABatch`` dicts).
 
     Arguments as in ``make_qa_dataset``; ``num_threads`` / ``prefetch_buffer_size`` set grain's
     background reading (``num_threads=0`` reads on the calling thread). The order does not depend
@@ -213,7 +192,7 @@ def make_qa_iterator(
     """
     ds = make_qa_dataset(
         rows, batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-        process_index=process_index, process_count=process_count, drop_remainder=drop_remainder,
+        drop_remainder=drop_remainder,
     )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     return iter(ds.to_iter_dataset(options))

@@ -2,8 +2,9 @@
 
 At start-up every host reads all training rows, tokenises every distinct prompt
 once and fixes one prompt length for the whole run (so the step compiles once and
-all hosts agree on shapes). Each step, a host turns its slice of the batch into
-left-padded ids and byte-encoded golds and contributes them to global arrays.
+all hosts agree on shapes). Each step every host sees the same global batch of rows
+and turns the rows its devices hold (read off the batch sharding) into left-padded
+ids and byte-encoded golds, the shards of the global arrays.
 """
 
 from __future__ import annotations
@@ -104,20 +105,52 @@ def tokenize_prompts(rows: Sequence[QARow], tokenizer: Any, *, mode: str, chat: 
     return kept, PromptTable({q: v for q, v in ids.items() if q in used}, length)
 
 
-def global_array(local: np.ndarray, logical_axes: tuple[str | None, ...],
-                 mesh: jax.sharding.Mesh, rules: ShardingRules) -> jax.Array:
-    """This host's rows of a batch-major array -> the global array on `mesh`."""
-    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-    sharding = rules.sharding(logical_axes, global_shape, mesh)
-    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+def process_rows(sharding: jax.sharding.Sharding, num_rows: int,
+                 process_index: int) -> np.ndarray:
+    """Sorted indices of the rows of a batch-major array that `process_index`'s devices hold.
+
+    Read off the sharding itself (whatever devices the topology gave this host, e.g. two
+    separate blocks of the batch), never from a formula that assumes a layout.
+    """
+    held: set[int] = set()
+    for device, index in sharding.devices_indices_map((num_rows,)).items():
+        if device.process_index == process_index:
+            held.update(range(*index[0].indices(num_rows)))
+    return np.asarray(sorted(held), np.int64)
+
+
+def global_array(host_data: np.ndarray, host_rows: np.ndarray, global_shape: tuple[int, ...],
+                 sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global batch-major array built from this host's rows (`host_rows` of the batch).
+
+    host_data: [len(host_rows), ...], row i holding global row host_rows[i].
+    """
+    position = np.full(global_shape[0], -1, np.int64)
+    position[host_rows] = np.arange(len(host_rows))
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:
+        rows = position[np.arange(global_shape[0])[index[0]]]
+        if (rows < 0).any():
+            raise RuntimeError(f"the sharding asks this host for batch rows it does not hold "
+                               f"(held: {host_rows.tolist()})")
+        return host_data[rows][(slice(None), *index[1:])]
+
+    return jax.make_array_from_callback(global_shape, sharding, shard)
 
 
 def step_batch(batch: QABatch, prompts: PromptTable, *, pad_id: int, max_golds: int,
                max_gold_bytes: int, mesh: jax.sharding.Mesh,
                rules: ShardingRules) -> dict[str, jax.Array]:
-    """A host's `QABatch` -> the train step's batch (global arrays sharded over `batch`)."""
-    ids, valid = prompts.batch(batch["question"], pad_id)
-    golds = encode_golds(batch["golden_answers"], max_golds, max_gold_bytes)
-    return {"prompt_ids": global_array(ids, ("batch", None), mesh, rules),
-            "prompt_valid": global_array(valid, ("batch", None), mesh, rules),
-            "golds": global_array(golds, ("batch", None, None), mesh, rules)}
+    """The global `QABatch` of a step -> the train step's batch (global arrays sharded over
+    `batch`). This host reads and encodes only the rows its devices hold."""
+    num = len(batch["question"])
+    ids_shape = (num, prompts.length)
+    golds_shape = (num, max_golds, max_gold_bytes)
+    row_sharding = rules.sharding(("batch", None), ids_shape, mesh)
+    gold_sharding = rules.sharding(("batch", None, None), golds_shape, mesh)
+    mine = process_rows(row_sharding, num, jax.process_index())
+    ids, valid = prompts.batch([batch["question"][i] for i in mine], pad_id)
+    golds = encode_golds([batch["golden_answers"][i] for i in mine], max_golds, max_gold_bytes)
+    return {"prompt_ids": global_array(ids, mine, ids_shape, row_sharding),
+            "prompt_valid": global_array(valid, mine, ids_shape, row_sharding),
+            "golds": global_array(golds, mine, golds_shape, gold_sharding)}

@@ -3,12 +3,14 @@
 Gold answers travel through the step as fixed-size byte arrays (so a batch is
 plain arrays and every host feeds its own rows); the host function decodes the
 response bytes, applies the reward and builds the loss mask. The callback is
-placed per shard with `shard_map`, so on a multi-host mesh each host scores
-only its own rows and the step stays one program.
+placed per shard with `shard_map` over every mesh axis that divides the batch, so on
+a multi-host mesh each response is scored once, by the host that holds it, and the
+step stays one program.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -90,10 +92,31 @@ def score_on_host(tokens: jax.Array, sources: jax.Array, golds: jax.Array, *,
                   jax.ShapeDtypeStruct(tok.shape, jnp.float32))
         return jax.pure_callback(host, shapes, tok, src, gold)
 
-    mesh = jax.sharding.get_abstract_mesh()
-    batch_axes = None if mesh.empty else rules.spec(("batch",), (n,), mesh)[0]
-    if batch_axes is None:
+    spec = scoring_spec(n, jax.sharding.get_abstract_mesh(), rules)
+    if spec is None:
         return callback(tokens, sources, golds)
-    rows, rows3 = PartitionSpec(batch_axes, None), PartitionSpec(batch_axes, None, None)
+    rows, rows3 = PartitionSpec(spec, None), PartitionSpec(spec, None, None)
     return jax.shard_map(callback, in_specs=(rows, rows, rows3), out_specs=(rows, rows),
                          check_vma=False)(tokens, sources, golds)
+
+
+def scoring_spec(num_rows: int, mesh: jax.sharding.AbstractMesh | jax.sharding.Mesh,
+                 rules: ShardingRules | None) -> str | tuple[str, ...] | None:
+    """The mesh axes the scoring callback splits `num_rows` responses over.
+
+    The batch's own axes first (so each device scores a slice of what it already holds),
+    then every other mesh axis that still divides: rows replicated over `tensor` are
+    then scored by one device, hence one host, instead of once per tensor shard.
+    None: no mesh, score everything in one call.
+    """
+    if mesh.empty or rules is None:
+        return None
+    batch_axes = rules.spec(("batch",), (num_rows,), mesh)[0]
+    axes = [] if batch_axes is None else (
+        [batch_axes] if isinstance(batch_axes, str) else list(batch_axes))
+    size = math.prod(mesh.shape[a] for a in axes)
+    for axis in mesh.axis_names:
+        if axis not in axes and mesh.shape[axis] > 1 and num_rows % (size * mesh.shape[axis]) == 0:
+            axes.append(axis)
+            size *= mesh.shape[axis]
+    return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)

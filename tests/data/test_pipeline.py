@@ -87,29 +87,10 @@ def test_each_epoch_is_a_new_permutation_of_all_rows():
     assert [i for batch in again for i in batch["id"]] == ids  # threads do not change the order
 
 
-def test_two_hosts_see_disjoint_rows_and_together_cover_everything():
-    rows = NQ[:100]
-    per_host = []
-    for index in range(2):
-        it = make_qa_iterator(rows, batch_size=10, seed=5, num_epochs=1,
-                              process_index=index, process_count=2)
-        batches = list(it)
-        assert len(batches) == 10 and all(len(b["id"]) == 5 for b in batches)
-        per_host.append({i for b in batches for i in b["id"]})
-    assert not per_host[0] & per_host[1]
-    assert per_host[0] | per_host[1] == {r.id for r in rows}
-
-
-def test_uneven_rows_are_trimmed_so_hosts_stay_in_lockstep():
-    counts = [len(list(make_qa_iterator(NQ[:101], batch_size=2, seed=0, num_epochs=1,
-                                        process_index=i, process_count=2))) for i in range(2)]
-    assert counts == [50, 50] == [num_batches(101, batch_size=2, process_count=2)] * 2
-
-
 def test_resume_from_saved_state_gives_the_same_batches():
-    kwargs = dict(batch_size=16, seed=7, process_index=1, process_count=2)  # forever
+    kwargs = dict(batch_size=16, seed=7)  # forever
     it = make_qa_iterator(NQ, **kwargs)
-    take(it, 25)  # past the first epoch boundary (150 rows per host)
+    take(it, 25)  # past the first epoch boundary
     state = json.loads(json.dumps(it.get_state()))  # survives a JSON checkpoint
     expected = take(it, 15)
     fresh = make_qa_iterator(NQ, **kwargs)
@@ -120,9 +101,6 @@ def test_resume_from_saved_state_gives_the_same_batches():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(batch_size=9, process_count=2), "must be divisible by process_count 2"),
-        (dict(batch_size=8, process_index=2, process_count=2),
-         r"process_index must be in \[0, 2\)"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
         (dict(batch_size=64, num_epochs=1), "no batch would be produced"),
         (dict(batch_size=8, num_epochs=0), "num_epochs must be a positive integer or None"),
