@@ -20,9 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
     # On what: registry names (ssrl_jax.eval.benchmarks), comma-separated, and where the
     # FlashRAG files are ("bundled" = the package's two sample files, nq and hotpotqa;
     # "toyworld" = the toy world's test questions, toyworld_1hop and toyworld_2hop).
+    # A *.parquet / *.jsonl path (e.g. Search-R1's test.parquet) is read directly: each of
+    # its data_source values is one benchmark, and data_dir may stay "".
     c.benchmarks = "nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
     c.data_dir = ""
-    c.limit = 0             # first N questions of each benchmark; 0 = all
+    c.limit = 0             # N questions of each benchmark, sampled with `seed`; 0 = all
     # How (SPEC §6 scaling study: temperature 0.7, top_p 0.95, top_k off).
     c.greedy = True         # one greedy response per question (greedy EM)
     c.num_samples = 8       # K samples per question for pass@k / maj@k (paper: up to 1024)
@@ -30,9 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.top_p = 0.95
     c.top_k = 0
     c.max_new_tokens = 4096  # the paper's scaling study allows up to 8192
-    c.stop_at_answer = True  # end a response at its first </answer>
+    c.stop_at_answer = False  # SSRL: to EOS, last <answer> scored; True: stop at first </answer>
     c.batch_size = 64        # rows (question x sample) per sampler call
-    c.mode = "self_search"   # prompt: self_search or search_r1
+    c.mode = "self_search"   # wording of the prompts we build: self_search or search_r1
+    c.prompt_source = "dataset"  # the file's own chat messages when it has them; or rebuild
     c.chat = "auto"          # auto (chat template if the tokenizer has one), true, false
     c.seed = 0
     # Where: results.json, <benchmark>.jsonl, <benchmark>_passk.png.

@@ -31,10 +31,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script from a checkout: make ssrl_jax importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl_jax.data.prompts import PROMPT_MODES, prompt_token_ids  # noqa: E402
+from ssrl_jax.data.prompts import (  # noqa: E402
+    PROMPT_MODES, PROMPT_SOURCES, prompt_source_summary, row_prompt_ids)
 from ssrl_jax.eval import report  # noqa: E402
 from ssrl_jax.eval.benchmarks import (  # noqa: E402
-    Benchmark, bundled_data_dir, load_benchmark, parse_benchmarks)
+    Benchmark, bundled_data_dir, load_eval_sets, parse_eval_specs)
 from ssrl_jax.eval.scoring import (  # noqa: E402
     CHAT_CHOICES, Completion, EvalSettings, aggregate, question_record,
     resolve_chat)
@@ -49,10 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported Hugging Face directory")
     p.add_argument("--tokenizer", default="", help="tokenizer directory (default: --model)")
-    p.add_argument("--benchmarks", default="nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle")
-    p.add_argument("--data-dir", required=True,
-                   help="FlashRAG layout directory, or 'bundled' for the package's samples")
-    p.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
+    p.add_argument("--benchmarks", default="nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle",
+                   help="registry names and/or QA files (*.parquet, *.jsonl: each data_source "
+                   "in the file is one benchmark, e.g. Search-R1's test.parquet)")
+    p.add_argument("--data-dir", default="",
+                   help="FlashRAG layout directory, or 'bundled' for the package's samples "
+                   "(needed for registry names)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="N questions per benchmark, sampled with --seed (0 = all)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=_DEFAULTS.greedy)
     p.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples)
     p.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
                    help="rows per generate call (transformers backend)")
     p.add_argument("--mode", choices=PROMPT_MODES, default=_DEFAULTS.mode)
+    p.add_argument("--prompt-source", choices=PROMPT_SOURCES, default=_DEFAULTS.prompt_source,
+                   help="dataset: a row's own chat messages when its file has them; rebuild")
     p.add_argument("--chat", choices=CHAT_CHOICES, default=_DEFAULTS.chat)
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
@@ -224,13 +231,17 @@ def make_backend(name: str, model_dir: str, tokenizer_dir: str, tokenizer: Any,
 
 # -------------------------------------------------------------- evaluation --
 
-def evaluate_rows(backend: Any, tokenizer: Any, rows: Sequence[Any],
-                  settings: EvalSettings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_rows(backend: Any, tokenizer: Any, rows: Sequence[Any], settings: EvalSettings,
+                  row_indices: Sequence[int] | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(records, metrics) for one benchmark, as ``ssrl_jax.eval.selfsearch.evaluate_rows``."""
     chat = resolve_chat(settings.chat, tokenizer)
-    prompts = [prompt_token_ids(r.question, mode=settings.mode, tokenizer=tokenizer, chat=chat)
+    print(prompt_source_summary([r.prompt for r in rows], source=settings.prompt_source,
+                                mode=settings.mode), flush=True)
+    prompts = [row_prompt_ids(r.question, r.prompt, mode=settings.mode,
+                              source=settings.prompt_source, tokenizer=tokenizer, chat=chat)
                for r in rows]
-    indices = list(range(len(rows)))
+    indices = list(range(len(rows))) if row_indices is None else list(row_indices)
     greedy = [None] * len(rows)
     if settings.greedy:
         greedy = [c[0] for c in backend.generate(prompts, indices, 1, settings, greedy=True)]
@@ -245,11 +256,11 @@ def evaluate_rows(backend: Any, tokenizer: Any, rows: Sequence[Any],
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)  # raises ValueError naming the field
-    benchmarks: list[Benchmark] = parse_benchmarks(args.benchmarks)
-    data_dir = str(bundled_data_dir()) if args.data_dir == "bundled" else args.data_dir
+    specs: list[Benchmark | str] = parse_eval_specs(args.benchmarks)
+    data_dir = str(bundled_data_dir()) if args.data_dir == "bundled" else args.data_dir or None
     if args.limit < 0:
         raise ValueError(f"--limit={args.limit}: must be >= 0 (0 = all)")
-    rows = {b.name: load_benchmark(b, data_dir, limit=args.limit or None) for b in benchmarks}
+    benchmarks = load_eval_sets(specs, data_dir, limit=args.limit or None, seed=args.seed)
 
     import transformers
 
@@ -261,10 +272,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     entries, records = {}, {}
     for b in benchmarks:
         started = time.perf_counter()
-        records[b.name], metrics = evaluate_rows(backend, tokenizer, rows[b.name], settings)
+        records[b.name], metrics = evaluate_rows(backend, tokenizer, b.rows, settings,
+                                                 row_indices=b.indices)
         entries[b.name] = {"display_name": b.display_name, "split": b.split,
-                           "category": b.category, "file": os.path.join(data_dir, b.file),
-                           "metrics": metrics}
+                           "category": b.category, "file": b.file, "metrics": metrics}
+        if args.limit:
+            entries[b.name]["question_indices"] = b.indices
         print(report.format_table(b.name, entries[b.name])
               + f"\n({time.perf_counter() - started:.1f}s)\n", flush=True)
     results = report.results_dict(model=args.model, backend=backend.name,

@@ -4,6 +4,13 @@ r"""Self-search evaluation: greedy EM and pass@k / maj@k over K samples per ques
         --config.model=HF_DIR_OR_CHECKPOINT --config.benchmarks=nq,hotpotqa \
         --config.data_dir=DIR --config.num_samples=16 --config.output_dir=OUT
 
+``--config.benchmarks`` may also name QA files, e.g. Search-R1's ``test.parquet`` (verl
+layout): each ``data_source`` in the file is evaluated as one benchmark, and ``data_dir`` is
+only needed for registry names. SSRL's protocol is the default: greedy and sampled responses
+run to EOS (``stop_at_answer=False``) and the last ``<answer>`` is scored; prompts are the
+file's own chat messages when it has them (``prompt_source=dataset``); ``limit`` keeps a
+seeded sample of each benchmark's questions.
+
 Prints a table per benchmark and a summary, and writes OUT/results.json,
 OUT/<benchmark>.jsonl (trajectories) and OUT/<benchmark>_passk.png. Fields: see
 configs/eval_selfsearch.py and docs/evaluation.md.
@@ -25,8 +32,10 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
-from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_benchmark,
-                                     parse_benchmarks, toyworld_data_dir)
+from etils import epath
+
+from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_eval_sets,
+                                     parse_eval_specs, toyworld_data_dir)
 from ssrl_jax.eval.scoring import EvalSettings
 
 BUNDLED = "bundled"
@@ -60,8 +69,12 @@ def _need(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"config.{field}={value!r}: must be {allowed}")
 
 
-def check_config(config) -> tuple[EvalSettings, list[Benchmark], str]:
-    """Validates every field; returns (settings, benchmarks, data_dir). Nothing is loaded."""
+def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | None]:
+    """Validates every field; returns (settings, benchmarks, data_dir). Nothing is loaded.
+
+    ``benchmarks`` holds registry entries and QA file paths; ``data_dir`` is None when only
+    files are named and no data_dir is set.
+    """
     _need(isinstance(config.model, str) and bool(config.model), "model", config.model,
           "a Hugging Face directory or a training checkpoint (workdir, checkpoints/ or step)")
     _need(os.path.exists(config.model), "model", config.model, "an existing path")
@@ -71,15 +84,21 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark], str]:
           config.tokenizer, "an existing directory or ''")
     _need(config.dtype in _DTYPES, "dtype", config.dtype, f"one of {_DTYPES}")
     try:
-        benchmarks = parse_benchmarks(config.benchmarks)
+        benchmarks = parse_eval_specs(config.benchmarks)
     except (ValueError, AttributeError, TypeError) as e:
         raise ConfigError(f"config.benchmarks={config.benchmarks!r}: {e}") from None
+    for spec in benchmarks:
+        _need(isinstance(spec, Benchmark) or epath.Path(spec).is_file(), "benchmarks",
+              config.benchmarks, f"registry names or existing QA files ({spec} is no file)")
     data_dir = {BUNDLED: str(bundled_data_dir()), TOYWORLD: str(toyworld_data_dir())}.get(
         config.data_dir, config.data_dir)
-    _need(isinstance(data_dir, str) and bool(data_dir), "data_dir", config.data_dir,
-          f"a directory with the benchmark files (FlashRAG layout), '{BUNDLED}' or "
-          f"'{TOYWORLD}'")
-    _need(os.path.isdir(data_dir), "data_dir", config.data_dir, "an existing directory")
+    if not data_dir and all(isinstance(spec, str) for spec in benchmarks):
+        data_dir = None
+    else:
+        _need(isinstance(data_dir, str) and bool(data_dir), "data_dir", config.data_dir,
+              f"a directory with the benchmark files (FlashRAG layout), '{BUNDLED}' or "
+              f"'{TOYWORLD}'")
+        _need(os.path.isdir(data_dir), "data_dir", config.data_dir, "an existing directory")
     _need(isinstance(config.limit, int) and not isinstance(config.limit, bool)
           and config.limit >= 0, "limit", config.limit, "an integer >= 0 (0 = all questions)")
     _need(isinstance(config.output_dir, str) and bool(config.output_dir), "output_dir",
@@ -128,9 +147,9 @@ def search_settings(config):
 
 def run(config) -> dict[str, Any]:
     """Checks the config, loads data then model, evaluates, writes and prints; returns results."""
-    settings, benchmarks, data_dir = check_config(config)
-    limit = config.limit or None
-    rows = {b.name: load_benchmark(b, data_dir, limit=limit) for b in benchmarks}
+    settings, specs, data_dir = check_config(config)
+    benchmarks = load_eval_sets(specs, data_dir, limit=config.limit or None, seed=config.seed)
+    rows = {b.name: b.rows for b in benchmarks}
 
     from ssrl_jax.eval import report, selfsearch
     from ssrl_jax.sampler import Sampler
@@ -143,10 +162,11 @@ def run(config) -> dict[str, Any]:
     entries, records = {}, {}
     for b in benchmarks:
         records[b.name], metrics = selfsearch.evaluate_rows(
-            sampler, tokenizer, rows[b.name], settings, label=b.name)
+            sampler, tokenizer, rows[b.name], settings, row_indices=b.indices, label=b.name)
         entries[b.name] = {"display_name": b.display_name, "split": b.split,
-                           "category": b.category,
-                           "file": os.path.join(data_dir, b.file), "metrics": metrics}
+                           "category": b.category, "file": b.file, "metrics": metrics}
+        if config.limit:  # which questions the seeded sample kept (positions in the file)
+            entries[b.name]["question_indices"] = b.indices
         print(report.format_table(b.name, entries[b.name]) + "\n", flush=True)
     modes, policy = search_settings(config)
     mode_records = {}
@@ -181,7 +201,7 @@ def _evaluate_search_modes(config, sampler, tokenizer, benchmarks, rows, setting
         for b in benchmarks:
             results = sim2real.evaluate_modes(sampler, tokenizer, rows[b.name], settings,
                                               modes=modes, policy=policy, client=client,
-                                              label=b.name)
+                                              row_indices=b.indices, label=b.name)
             metrics = {mode: r.metrics for mode, r in results.items()}
             entries[b.name]["search_modes"] = metrics
             out.update({(b.name, mode): r.records for mode, r in results.items()})

@@ -12,7 +12,9 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from ssrl_jax.data.prompts import PROMPT_SOURCES
 from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
+from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.step import LR_SCHEDULES
 from ssrl_jax.sharding import MESH_AXES
 
@@ -58,7 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train_files = SAMPLE_DATA  # comma-separated jsonl/parquet paths, hf:NAME:SPLIT, sample
     c.data.weights = ""           # "nq=1,hotpotqa=1" by data_source; empty: natural proportions
-    c.data.prompt_mode = "self_search"
+    c.data.prompt_mode = "self_search"  # wording of prompts we build: self_search, search_r1
+    # dataset: a row's own `prompt` chat messages (verl parquets) verbatim when it has them,
+    # else build one with prompt_mode; rebuild: always build with prompt_mode.
+    c.data.prompt_source = "dataset"
     c.data.chat = "auto"          # chat template when the tokenizer has one
     c.data.max_prompt_tokens = 1024
     c.data.max_golds = 32
@@ -78,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo = ml_collections.ConfigDict()
     c.grpo.reward = "ssrl"        # ssrl: EM vs golds + format; ttrl: agreement with group majority
     c.grpo.format_weight = 0.1
+    c.grpo.format_rule = "ssrl"   # ssrl: SSRL's released format_reward; strict: a tag grammar
     c.grpo.mask_information = True
     c.grpo.advantage_estimator = "grpo"
     c.grpo.clip_low = 0.2
@@ -199,6 +205,7 @@ _CHECKS: dict[str, Check] = {
     "a non-empty comma-separated list of files, hf:NAME:SPLIT specs or 'sample'",
     "data.weights": _weights,
     "data.prompt_mode": _one_of(PROMPT_MODES),
+    "data.prompt_source": _one_of(PROMPT_SOURCES),
     "data.chat": _one_of(CHAT_CHOICES),
     "data.max_prompt_tokens": _int(8),
     "data.max_golds": _int(1),
@@ -212,6 +219,7 @@ _CHECKS: dict[str, Check] = {
     "rollout.mode": _one_of(ROLLOUT_MODES),
     "grpo.reward": _one_of(REWARDS),
     "grpo.format_weight": _number(0.0, 1.0),
+    "grpo.format_rule": _one_of(FORMAT_RULES),
     "grpo.mask_information": _bool,
     "grpo.advantage_estimator": _one_of(ADVANTAGE_ESTIMATORS),
     "grpo.clip_low": _number(0.0, 1.0),

@@ -221,7 +221,7 @@ def make_host_step(config, graphdef, state, eos_ids, pad_id, tokenizer, vocab_si
                     policy=search_policy(config), client=search_client(config),
                     tokenizer=tokenizer, params=state.params, prompt_len=prompt_len, mesh=mesh,
                     reward=config.grpo.reward, format_weight=config.grpo.format_weight,
-                    rules=rules, state_sharding=state_sharding)
+                    format_rule=config.grpo.format_rule, rules=rules, state_sharding=state_sharding)
 
 
 def save_tokenizer(tokenizer: Any, workdir: epath.Path) -> epath.Path:
@@ -317,7 +317,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
                               max_gold_bytes=config.data.max_gold_bytes)
     rows, prompts = train_batches.tokenize_prompts(
         rows, tokenizer, mode=config.data.prompt_mode, chat=chat,
-        max_prompt_tokens=config.data.max_prompt_tokens)
+        max_prompt_tokens=config.data.max_prompt_tokens, source=config.data.prompt_source)
+    runlog.message(prompts.summary)
     total_steps = config.total_steps or num_batches(
         len(rows), batch_size=config.batch_size, num_epochs=config.num_epochs)
     if total_steps < 1:
@@ -341,7 +342,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
         graphdef = nnx.graphdef(model)
         state = init_train_state(model, optimizer)
         del model
-    reward_fn = functools.partial(ssrl_reward, format_weight=config.grpo.format_weight)
+    reward_fn = functools.partial(ssrl_reward, format_weight=config.grpo.format_weight,
+                                  format_rule=config.grpo.format_rule)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     host_step = None
     if uses_host_step(config):
@@ -379,7 +381,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
             if host_step is not None:
                 if step == start_step:
                     runlog.start_timer()
-                state, metrics = host_step(state, [prompts.ids[q] for q in qa["question"]],
+                state, metrics = host_step(state, prompts.row_ids(qa),
                                            [list(g) for g in qa["golden_answers"]], key)
             else:
                 batch = train_batches.step_batch(

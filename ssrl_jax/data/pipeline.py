@@ -32,9 +32,10 @@ __all__ = [
     "num_batches",
 ]
 
-# {"id": [str], "question": [str], "golden_answers": [tuple[str, ...]], "data_source": [str]}
+# {"id": [str], "question": [str], "golden_answers": [tuple[str, ...]], "data_source": [str],
+#  "prompt": [((role, content), ...) or None]}
 QABatch = dict[str, list[Any]]
-_FIELDS = ("id", "question", "golden_answers", "data_source")
+_FIELDS = ("id", "question", "golden_answers", "data_source", "prompt")
 
 
 def _derive_seed(seed: int, *salt: int) -> int:

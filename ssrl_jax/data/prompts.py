@@ -13,6 +13,11 @@ instruction as ``Question: <question>`` on its own line, the form that
 Instruct models get the instruction as one user message through the tokenizer's chat template
 (``chat=True``); base models get plain text that frames a User/Assistant exchange and ends with
 the cue ``Assistant:`` (``chat=False``). The response is expected to start with ``<think>``.
+
+Dataset prompts: verl parquets (SSRL's training set, Search-R1's ``nq_search.py`` output) carry
+each row's exact prompt as chat messages. With ``source="dataset"`` (``PROMPT_SOURCES``) a row
+that has them is rendered verbatim as verl renders it (``row_prompt_ids``); ``"rebuild"``
+ignores them and builds our wording from the question.
 """
 
 from __future__ import annotations
@@ -25,15 +30,24 @@ from ssrl_jax.rl.rewards import PLACEHOLDERS
 __all__ = [
     "BASE_CUE",
     "PROMPT_MODES",
+    "PROMPT_SOURCES",
     "PromptMode",
     "build_prompt",
     "build_prompts",
+    "dataset_prompt_ids",
     "instruction",
+    "prompt_source_summary",
     "prompt_token_ids",
+    "row_prompt_ids",
+    "uses_dataset_prompt",
 ]
 
 PromptMode = Literal["self_search", "search_r1"]
 PROMPT_MODES: tuple[str, ...] = ("self_search", "search_r1")
+# dataset: a row's own chat messages when it has them, else build; rebuild: always build.
+PROMPT_SOURCES: tuple[str, ...] = ("dataset", "rebuild")
+# A row's prompt as stored on ``QARow.prompt``: ((role, content), ...).
+ChatPrompt = Sequence[tuple[str, str]]
 
 _THINK = f"<think> {PLACEHOLDERS['think']} </think>"
 _SEARCH = f"<search> {PLACEHOLDERS['search']} </search>"
@@ -171,3 +185,62 @@ def build_prompts(
 ) -> list[str]:
     """``build_prompt`` for each question, in order."""
     return [build_prompt(q, mode=mode, tokenizer=tokenizer, chat=chat) for q in questions]
+
+
+def _check_source(source: str) -> None:
+    if source not in PROMPT_SOURCES:
+        raise ValueError(f"prompt source must be one of {PROMPT_SOURCES}, got {source!r}")
+
+
+def uses_dataset_prompt(prompt: ChatPrompt | None, source: str) -> bool:
+    """Whether a row with chat messages ``prompt`` (None: none) is rendered from them."""
+    _check_source(source)
+    return source == "dataset" and prompt is not None
+
+
+def dataset_prompt_ids(prompt: ChatPrompt, *, tokenizer: Any, chat: bool) -> list[int]:
+    """Token ids of a dataset's own chat messages, rendered as verl renders them.
+
+    ``chat=True``: ``apply_chat_template(messages, add_generation_prompt=True,
+    tokenize=False)``, then the text is encoded with ``add_special_tokens=False`` (the
+    template already holds them). ``chat=False`` (no chat template): Search-R1's verl falls
+    back to the first message's content, encoded the same way; a prompt of several messages
+    has no such reading and is refused.
+    """
+    messages = [{"role": role, "content": content} for role, content in prompt]
+    if not messages:
+        raise ValueError("a dataset prompt needs at least one chat message")
+    if chat:
+        _check_chat_tokenizer(tokenizer)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False)
+    elif len(messages) == 1:
+        text = messages[0]["content"]
+    else:
+        raise ValueError(
+            f"a dataset prompt of {len(messages)} chat messages needs a chat template; use a "
+            "tokenizer that has one (chat=true) or rebuild the prompts (prompt_source=rebuild)")
+    return _as_id_list(tokenizer(text, add_special_tokens=False))
+
+
+def row_prompt_ids(question: str, prompt: ChatPrompt | None, *, mode: PromptMode,
+                   source: str, tokenizer: Any, chat: bool) -> list[int]:
+    """A row's prompt ids: its own messages (``dataset_prompt_ids``) when ``source`` is
+    ``"dataset"`` and it has them, else ours built from the question (``prompt_token_ids``)."""
+    if uses_dataset_prompt(prompt, source):
+        return dataset_prompt_ids(prompt, tokenizer=tokenizer, chat=chat)
+    return prompt_token_ids(question, mode=mode, tokenizer=tokenizer, chat=chat)
+
+
+def prompt_source_summary(prompts: Sequence[ChatPrompt | None], *, source: str,
+                          mode: PromptMode) -> str:
+    """One log line saying how many rows use their file's prompt and how many are built."""
+    from_file = sum(uses_dataset_prompt(p, source) for p in prompts)
+    built = len(prompts) - from_file
+    parts = []
+    if from_file:
+        parts.append(f"{from_file} rows use the file's chat messages verbatim")
+    if built:
+        why = "asked to rebuild" if source == "rebuild" else "no chat messages in the file"
+        parts.append(f"{built} rows get our {mode} prompt ({why})")
+    return f"prompts (prompt_source={source}): " + "; ".join(parts)

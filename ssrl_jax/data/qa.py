@@ -1,6 +1,8 @@
 """QA data: the canonical row, its validation, and readers for the on-disk layouts (SPEC §5, §6).
 
-Canonical row: ``QARow(id, question, golden_answers, data_source)``.
+Canonical row: ``QARow(id, question, golden_answers, data_source, prompt=None)``; ``prompt``
+is the row's own chat messages when its file carries them (verl's ``prompt`` column), kept so
+that training and evaluation can use the file's exact prompt (``ssrl_jax.data.prompts``).
 
 Layouts read:
 
@@ -12,8 +14,9 @@ Layouts read:
   question comes from a ``question`` column when there is one (Search-R1's files keep FlashRAG's
   columns), else from the last user message (see ``extract_question``); the id from an ``id``
   column, else ``f"{split}_{index}"`` from ``extra_info`` (FlashRAG's own id form), else
-  ``f"{file stem}_{row}"``. A parquet file without ``prompt``/``reward_model`` columns is read as
-  FlashRAG columns.
+  ``f"{file stem}_{row}"``. The ``prompt`` messages are kept on the row. A parquet file without
+  ``prompt``/``reward_model`` columns is read as FlashRAG columns (a FlashRAG jsonl row may also
+  carry a ``prompt`` list of ``{role, content}`` messages).
 - **Hugging Face hub** names through ``datasets.load_dataset`` (``load_hf_dataset``), either layout.
 
 Paths may be local or any ``etils.epath`` URL (``gs://`` on TPU VMs). Every bad row raises
@@ -63,29 +66,39 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class QARow:
-    """One question with its accepted answers.
+    """One question with its accepted answers, and its file's own prompt when it has one.
 
-    ``golden_answers`` is stored as a tuple (a list given to the constructor is converted), so
-    rows are hashable and safe to share between pipeline threads.
+    ``golden_answers`` is stored as a tuple (a list given to the constructor is converted), and
+    ``prompt`` as ``((role, content), ...)`` (``{role, content}`` dicts are converted), so rows
+    are hashable and safe to share between pipeline threads.
     """
 
     id: str
     question: str
     golden_answers: tuple[str, ...]
     data_source: str
+    prompt: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.golden_answers, tuple):
             object.__setattr__(self, "golden_answers", tuple(self.golden_answers))
+        if self.prompt is not None:
+            pairs = tuple((m["role"], m["content"]) if isinstance(m, Mapping) else tuple(m)
+                          for m in self.prompt)
+            object.__setattr__(self, "prompt", pairs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as FlashRAG JSON: ``{id, question, golden_answers: [str], data_source}``."""
-        return {
+        """The row as FlashRAG JSON: ``{id, question, golden_answers: [str], data_source}``,
+        plus ``prompt: [{role, content}]`` when the row has one."""
+        out: dict[str, Any] = {
             "id": self.id,
             "question": self.question,
             "golden_answers": list(self.golden_answers),
             "data_source": self.data_source,
         }
+        if self.prompt is not None:
+            out["prompt"] = [{"role": r, "content": c} for r, c in self.prompt]
+        return out
 
 
 def _short(value: Any) -> str:
@@ -132,8 +145,32 @@ def _check_golds(value: Any, where: str, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_prompt(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:
+    """A ``prompt`` field: None, or a non-empty list of ``{role, content}`` chat messages."""
+    if value is None:
+        return None
+    problem = "must be a non-empty list of chat messages {role, content} (strings)"
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) or not value:
+        raise _fail(where, "prompt", problem, value)
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise _fail(where, f"prompt[{i}]", problem, message)
+        extra = sorted(k for k, v in message.items() if k not in ("role", "content")
+                       and v is not None)
+        if extra:
+            raise _fail(where, f"prompt[{i}]", f"has fields {extra}; only role and content "
+                        "are read", message)
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role or not isinstance(content, str):
+            raise _fail(where, f"prompt[{i}]", problem, message)
+        messages.append((role, content))
+    return tuple(messages)
+
+
 def row_from_flashrag(raw: Any, *, where: str, default_source: str) -> QARow:
-    """Validate one FlashRAG record (``id``, ``question``, ``golden_answers``, ``data_source``?)."""
+    """Validate one FlashRAG record (``id``, ``question``, ``golden_answers``, ``data_source``?,
+    ``prompt``?)."""
     if not isinstance(raw, Mapping):
         raise DataError(f"{where}: must be a JSON object, got {type(raw).__name__} {_short(raw)}")
     source = raw.get("data_source")
@@ -144,6 +181,7 @@ def row_from_flashrag(raw: Any, *, where: str, default_source: str) -> QARow:
             _required(raw, "golden_answers", where), where, "golden_answers"
         ),
         data_source=default_source if source is None else _check_text(source, where, "data_source"),
+        prompt=_check_prompt(raw.get("prompt"), where),
     )
 
 
@@ -212,6 +250,7 @@ def row_from_verl(raw: Mapping[str, Any], *, where: str, fallback_id: str) -> QA
         question=_check_text(question, where, "question"),
         golden_answers=_check_golds(_nested(raw, target, where), where, ".".join(target)),
         data_source=_check_text(_required(raw, "data_source", where), where, "data_source"),
+        prompt=_check_prompt(raw.get("prompt"), where),
     )
 
 

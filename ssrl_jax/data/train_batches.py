@@ -2,9 +2,11 @@
 
 At start-up every host reads all training rows, tokenises every distinct prompt
 once and fixes one prompt length for the whole run (so the step compiles once and
-all hosts agree on shapes). Each step every host sees the same global batch of rows
-and turns the rows its devices hold (read off the batch sharding) into left-padded
-ids and byte-encoded golds, the shards of the global arrays.
+all hosts agree on shapes). A row's prompt is its file's own chat messages when it
+has them and ``data.prompt_source`` is ``dataset``, else ours built from the question.
+Each step every host sees the same global batch of rows and turns the rows its devices
+hold (read off the batch sharding) into left-padded ids and byte-encoded golds, the
+shards of the global arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import numpy as np
 
 from ssrl_jax.data.pipeline import QABatch, mix_datasets
-from ssrl_jax.data.prompts import prompt_token_ids
+from ssrl_jax.data.prompts import prompt_source_summary, row_prompt_ids, uses_dataset_prompt
 from ssrl_jax.data.qa import DataError, QARow, read_qa, sample_data_path
 from ssrl_jax.rl.scoring import encode_golds
 from ssrl_jax.sampler.buckets import bucket_length, left_pad
@@ -68,41 +70,68 @@ def check_golds(rows: Sequence[QARow], *, max_golds: int, max_gold_bytes: int) -
 
 @dataclasses.dataclass(frozen=True)
 class PromptTable:
-    """Token ids of every training prompt (keyed by question) and the run's prompt length."""
+    """Token ids of every training prompt and the run's prompt length.
 
-    ids: Mapping[str, tuple[int, ...]]
+    ``ids`` is keyed by ``key(question, prompt)``: the row's chat messages when they are
+    used (``source="dataset"``), else its question. ``summary`` says which prompts were used.
+    """
+
+    ids: Mapping[Any, tuple[int, ...]]
     length: int
+    source: str = "dataset"
+    summary: str = ""
 
-    def batch(self, questions: Sequence[str], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def key(self, question: str, prompt: Any = None) -> Any:
+        return prompt if uses_dataset_prompt(prompt, self.source) else question
+
+    def row_ids(self, batch: Mapping[str, Sequence[Any]]) -> list[tuple[int, ...]]:
+        """The prompt ids of each row of a batch (``question`` and optional ``prompt`` lists)."""
+        prompts = batch.get("prompt") or [None] * len(batch["question"])
+        return [self.ids[self.key(q, p)] for q, p in zip(batch["question"], prompts)]
+
+    def batch(self, questions: Sequence[str], pad_id: int,
+              prompts: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 [B, length], valid bool [B, length]), left-padded."""
-        return left_pad([self.ids[q] for q in questions], self.length, pad_id)
+        rows = {"question": questions, "prompt": prompts}
+        return left_pad(self.row_ids(rows), self.length, pad_id)
 
 
 def tokenize_prompts(rows: Sequence[QARow], tokenizer: Any, *, mode: str, chat: bool,
-                     max_prompt_tokens: int) -> tuple[list[QARow], PromptTable]:
-    """Tokenises each distinct question's prompt; drops rows over `max_prompt_tokens`.
+                     max_prompt_tokens: int, source: str = "dataset"
+                     ) -> tuple[list[QARow], PromptTable]:
+    """Tokenises each distinct prompt; drops rows over `max_prompt_tokens`.
 
-    Dropped rows are counted in a warning (as verl's over-long prompt filter does);
-    if every row is too long that is an error.
+    A row's prompt is ``prompts.row_prompt_ids`` (its own chat messages when ``source`` is
+    ``"dataset"`` and it has them, else ours in ``mode``); the choice is logged and kept
+    as ``PromptTable.summary``. Dropped rows are counted in a warning (as verl's over-long
+    prompt filter does); if every row is too long that is an error.
     """
-    ids: dict[str, tuple[int, ...]] = {}
+    table = PromptTable({}, 0, source)
+    ids: dict[Any, tuple[int, ...]] = {}
     for row in rows:
-        if row.question not in ids:
-            ids[row.question] = tuple(prompt_token_ids(row.question, mode=mode,
-                                                       tokenizer=tokenizer, chat=chat))
-    kept = [row for row in rows if len(ids[row.question]) <= max_prompt_tokens]
+        key = table.key(row.question, row.prompt)
+        if key not in ids:
+            ids[key] = tuple(row_prompt_ids(row.question, row.prompt, mode=mode, source=source,
+                                            tokenizer=tokenizer, chat=chat))
+    summary = prompt_source_summary([row.prompt for row in rows], source=source, mode=mode)
+    log.info("%s", summary)
+
+    def size(row: QARow) -> int:
+        return len(ids[table.key(row.question, row.prompt)])
+
+    kept = [row for row in rows if size(row) <= max_prompt_tokens]
     if len(kept) < len(rows):
-        too_long = [row.id for row in rows if len(ids[row.question]) > max_prompt_tokens]
+        too_long = [row.id for row in rows if size(row) > max_prompt_tokens]
         log.warning("dropped %d of %d training rows whose prompts exceed "
                     "data.max_prompt_tokens=%d (e.g. ids %s)", len(too_long), len(rows),
                     max_prompt_tokens, too_long[:5])
     if not kept:
         raise DataError(f"every training prompt exceeds data.max_prompt_tokens="
                         f"{max_prompt_tokens} (shortest: {min(map(len, ids.values()))} tokens)")
-    longest = max(len(ids[row.question]) for row in kept)
-    length = min(bucket_length(longest), max_prompt_tokens)
-    used = {row.question for row in kept}
-    return kept, PromptTable({q: v for q, v in ids.items() if q in used}, length)
+    length = min(bucket_length(max(map(size, kept))), max_prompt_tokens)
+    used = {table.key(row.question, row.prompt) for row in kept}
+    return kept, PromptTable({k: v for k, v in ids.items() if k in used}, length, source,
+                             summary)
 
 
 def process_rows(sharding: jax.sharding.Sharding, num_rows: int,
@@ -149,7 +178,9 @@ def step_batch(batch: QABatch, prompts: PromptTable, *, pad_id: int, max_golds: 
     row_sharding = rules.sharding(("batch", None), ids_shape, mesh)
     gold_sharding = rules.sharding(("batch", None, None), golds_shape, mesh)
     mine = process_rows(row_sharding, num, jax.process_index())
-    ids, valid = prompts.batch([batch["question"][i] for i in mine], pad_id)
+    messages = batch.get("prompt")
+    ids, valid = prompts.batch([batch["question"][i] for i in mine], pad_id,
+                               None if messages is None else [messages[i] for i in mine])
     golds = encode_golds([batch["golden_answers"][i] for i in mine], max_golds, max_gold_bytes)
     return {"prompt_ids": global_array(ids, mine, ids_shape, row_sharding),
             "prompt_valid": global_array(valid, mine, ids_shape, row_sharding),

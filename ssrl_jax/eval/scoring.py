@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ssrl_jax.data.prompts import PROMPT_MODES
+from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.metrics import maj_at_k, mean_pass_at_k, powers_of_two_up_to
 from ssrl_jax.rl.rewards import majority_answer, ssrl_reward
@@ -52,10 +52,14 @@ class EvalSettings:
     temperature / top_p / top_k: sampling of the K responses (top_k 0 = off).
     max_new_tokens: response length cap, in tokens.
     batch_size: rows (question × sample) per sampler call.
-    mode: prompt mode of ``ssrl_jax.data.prompts`` (``self_search`` or ``search_r1``).
+    mode: prompt mode of ``ssrl_jax.data.prompts`` (``self_search`` or ``search_r1``): the
+      wording of the prompts we build.
+    prompt_source: ``dataset`` (a row's own chat messages, verl's ``prompt`` column, verbatim
+      when it has them; else build one) or ``rebuild`` (always build).
     chat: ``auto`` (use the chat template when the tokenizer has one), ``true`` or ``false``.
     seed: sample j of the question at file row q uses a key made from (seed, q, j) only.
-    stop_at_answer: end a response at its first ``</answer>`` (else at EOS or the cap).
+    stop_at_answer: end a response at its first ``</answer>``. Off by default: SSRL's
+      protocol generates to EOS (or the cap) and scores the last ``<answer>``.
     """
 
     greedy: bool = True
@@ -68,7 +72,8 @@ class EvalSettings:
     mode: str = "self_search"
     chat: str = "auto"
     seed: int = 0
-    stop_at_answer: bool = True
+    stop_at_answer: bool = False
+    prompt_source: str = "dataset"
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -95,6 +100,7 @@ class EvalSettings:
         need(self.chat in CHAT_CHOICES, "chat", f"one of {CHAT_CHOICES}")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(isinstance(self.stop_at_answer, bool), "stop_at_answer", "True or False")
+        need(self.prompt_source in PROMPT_SOURCES, "prompt_source", f"one of {PROMPT_SOURCES}")
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

@@ -24,14 +24,15 @@ import jax
 import numpy as np
 from etils import epath
 
-from ssrl_jax.data.prompts import prompt_token_ids
+from ssrl_jax.data.prompts import prompt_source_summary, row_prompt_ids
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.scoring import (Completion, EvalSettings, aggregate, question_record,
                                    resolve_chat)
 from ssrl_jax.sampler import GREEDY, FinishReason, Sampler, SamplingConfig, TokenSource
 from ssrl_jax.sampler import row_outputs
 
-__all__ = ["evaluate_rows", "generate_completions", "is_hf_dir", "load_for_eval", "sample_keys"]
+__all__ = ["eval_prompt_ids", "evaluate_rows", "generate_completions", "is_hf_dir",
+           "load_for_eval", "sample_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,19 @@ def generate_completions(sampler: Sampler, tokenizer: Any, prompts: Sequence[Seq
     return out
 
 
+def eval_prompt_ids(rows: Sequence[QARow], settings: EvalSettings, tokenizer: Any, *,
+                    label: str = "") -> list[list[int]]:
+    """Each row's prompt ids (``prompts.row_prompt_ids`` under the settings); logs which
+    prompts were used (the file's chat messages or ours)."""
+    chat = resolve_chat(settings.chat, tokenizer)
+    log.info("%s: %s", label, prompt_source_summary([r.prompt for r in rows],
+                                                    source=settings.prompt_source,
+                                                    mode=settings.mode))
+    return [row_prompt_ids(row.question, row.prompt, mode=settings.mode,
+                           source=settings.prompt_source, tokenizer=tokenizer, chat=chat)
+            for row in rows]
+
+
 def evaluate_rows(sampler: Sampler, tokenizer: Any, rows: Sequence[QARow],
                   settings: EvalSettings, *, row_indices: Sequence[int] | None = None,
                   label: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -136,9 +150,7 @@ def evaluate_rows(sampler: Sampler, tokenizer: Any, rows: Sequence[QARow],
     indices = list(range(len(rows))) if row_indices is None else [int(i) for i in row_indices]
     if len(indices) != len(rows):
         raise ValueError(f"row_indices has {len(indices)} entries for {len(rows)} rows")
-    chat = resolve_chat(settings.chat, tokenizer)
-    prompts = [prompt_token_ids(row.question, mode=settings.mode, tokenizer=tokenizer, chat=chat)
-               for row in rows]
+    prompts = eval_prompt_ids(rows, settings, tokenizer, label=label)
 
     greedy: list[Completion | None] = [None] * len(rows)
     if settings.greedy:

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.data.qa import QARow
-from ssrl_jax.eval.scoring import Completion, EvalSettings, resolve_chat, score_completion
+from ssrl_jax.eval.scoring import Completion, EvalSettings, score_completion
 from ssrl_jax.search.rollout import MODES, SearchPolicy, search_rollout
 
 __all__ = ["ModeResult", "evaluate_modes", "format_modes_table", "mode_label", "parse_modes"]
@@ -76,15 +75,13 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
     records: per question, ``score_completion`` keys plus id, question, golden_answers,
     real_searches, self_searches, failed_searches and queries ([{query, entropy, outcome}]).
     """
-    from ssrl_jax.eval.selfsearch import sample_keys
+    from ssrl_jax.eval.selfsearch import eval_prompt_ids, sample_keys
     from ssrl_jax.sampler import GREEDY, SamplingConfig, TokenSource, row_outputs
 
     if not rows:
         raise ValueError("evaluate_modes needs at least one row")
     indices = list(range(len(rows))) if row_indices is None else [int(i) for i in row_indices]
-    chat = resolve_chat(settings.chat, tokenizer)
-    prompts = [prompt_token_ids(r.question, mode=settings.mode, tokenizer=tokenizer, chat=chat)
-               for r in rows]
+    prompts = eval_prompt_ids(rows, settings, tokenizer, label=label)
     if settings.greedy:
         sampling, keys, decoding = GREEDY, None, "greedy"
     else:

@@ -6,7 +6,8 @@ Pure Python; no JAX. Which SPEC rule each function implements:
 - ``extract_answer``: §3 answer extraction (last ``<answer>`` block, dot-all, stripped).
 - ``exact_match`` / ``f1`` / ``sub_exact_match``: §3 EM (any gold), F1 (max over golds),
   Sub-EM (gold contained in prediction).
-- ``format_score``: §3 format rules 1–6.
+- ``format_score`` (``ssrl_jax.rl.format_rules``): §3 format rules 1–6, SSRL's released
+  rule by default, the project's stricter grammar as ``rule="strict"``.
 - ``ssrl_reward``: §3 combined reward r = (1 − λ_f)·EM + λ_f·f.
 - ``majority_answer`` / ``ttrl_rewards``: §3 TTRL variant (majority answer of the group
   stands in for the gold).
@@ -20,10 +21,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ssrl_jax.rl.format_rules import (ALLOWED_TAGS, FORMAT_RULES, MAX_THINKS, PLACEHOLDERS,
+                                      TAG_NAMES, format_score)
+
 __all__ = [
     "ALLOWED_TAGS",
+    "FORMAT_RULES",
+    "MAX_THINKS",
     "PLACEHOLDERS",
     "RewardParts",
+    "TAG_NAMES",
     "exact_match",
     "extract_answer",
     "f1",
@@ -35,25 +42,9 @@ __all__ = [
     "ttrl_rewards",
 ]
 
-TAG_NAMES: tuple[str, ...] = ("think", "search", "information", "answer")
-ALLOWED_TAGS: frozenset[str] = frozenset(
-    [f"<{name}>" for name in TAG_NAMES] + [f"</{name}>" for name in TAG_NAMES]
-)
-# Placeholder text shown in the instruction prompt; a body containing it gets no format credit.
-PLACEHOLDERS: dict[str, str] = {
-    "think": "your thoughts",
-    "search": "your query",
-    "information": "your information",
-    "answer": "your answer",
-}
-MAX_THINKS = 8
-
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# Anything shaped like an XML/HTML tag: '<', optional '/', a letter, then up to the next '>'.
-# Bare comparisons such as "a < b" or "x<5" are not tags.
-_TAG_RE = re.compile(r"</?[A-Za-z][^<>]*>")
 
 Golds = str | Sequence[str]
 
@@ -139,83 +130,10 @@ def sub_exact_match(pred: str | None, golds: Golds) -> float:
     return 0.0
 
 
-def _blocks(text: str) -> list[tuple[str, str]] | None:
-    """Split ``text`` into ``(tag_name, body)`` blocks; None if not a flat tag sequence.
-
-    Requires: every tag allowed (rule 1); tags alternate open/close of the same name (no
-    nesting, no unclosed or stray closing tags). Text between blocks is allowed:
-    SPEC §3 constrains tags and bodies, not the prose around them.
-    """
-    tags = list(_TAG_RE.finditer(text))
-    if any(m.group(0) not in ALLOWED_TAGS for m in tags):
-        return None
-    if len(tags) % 2:
-        return None
-    blocks: list[tuple[str, str]] = []
-    for open_m, close_m in zip(tags[0::2], tags[1::2]):
-        open_tag, close_tag = open_m.group(0), close_m.group(0)
-        if open_tag.startswith("</") or close_tag != "</" + open_tag[1:]:
-            return None
-        blocks.append((open_tag[1:-1], text[open_m.end() : close_m.start()]))
-    return blocks
-
-
-def _body_ok(name: str, body: str) -> bool:
-    """Rule 4 for one block: non-empty, search on a single line, no placeholder text."""
-    stripped = body.strip()
-    if not stripped:
-        return False
-    if name == "search" and len(stripped.splitlines()) != 1:
-        return False
-    return PLACEHOLDERS[name] not in stripped.lower()
-
-
-def format_score(response: str) -> float:
-    """Format score f ∈ [0, 1] of SPEC §3 rules 1–6, on ``response.strip()``.
-
-    Any violation gives 0.0:
-
-    1. every tag-shaped token ``</?[A-Za-z][^<>]*>`` is one of the 8 allowed tags;
-    2. the text starts with ``<think>`` and ends with ``</answer>``;
-    3. ≥ 4 tags, the first block is think and the last block is answer;
-    4. every body is non-blank, a search body (stripped) is one line, no body contains its
-       placeholder (``PLACEHOLDERS``, case-insensitive);
-    5. each search block is immediately followed by an information block, and the numbers
-       of search and information blocks are equal (so every information block directly
-       follows a search block);
-
-    plus structural well-formedness, which the rules presuppose: tags alternate open/close
-    of the same name (no nesting, no unclosed or stray tags). Blocks may otherwise come in any order (e.g. think–think, search right after
-    information, an earlier answer block); rule 6 prices the shape:
-
-    6. T = #think, S = #search: f = min(0.5·T, 1) · min(T, S+1) / max(T, S+1), 0 if T > 8.
-    """
-    text = response.strip()
-    if not (text.startswith("<think>") and text.endswith("</answer>")):
-        return 0.0
-    blocks = _blocks(text)
-    if blocks is None or len(blocks) < 2:
-        return 0.0
-    names = [name for name, _ in blocks]
-    if names[0] != "think" or names[-1] != "answer":
-        return 0.0
-    if not all(_body_ok(name, body) for name, body in blocks):
-        return 0.0
-    for i, name in enumerate(names):
-        if name == "search" and (i + 1 >= len(names) or names[i + 1] != "information"):
-            return 0.0
-    if names.count("search") != names.count("information"):
-        return 0.0
-    t, s = names.count("think"), names.count("search")
-    if t > MAX_THINKS:
-        return 0.0
-    return min(0.5 * t, 1.0) * min(t, s + 1) / max(t, s + 1)
-
-
-def _parts(response: str, golds: Golds, format_weight: float) -> RewardParts:
+def _parts(response: str, golds: Golds, format_weight: float, format_rule: str) -> RewardParts:
     answer = extract_answer(response)
     em = exact_match(answer, golds)
-    fmt = format_score(response)
+    fmt = format_score(response, format_rule)
     return RewardParts(
         reward=(1.0 - format_weight) * em + format_weight * fmt,
         exact_match=em,
@@ -226,13 +144,14 @@ def _parts(response: str, golds: Golds, format_weight: float) -> RewardParts:
     )
 
 
-def ssrl_reward(response: str, golds: Golds, format_weight: float = 0.1) -> RewardParts:
+def ssrl_reward(response: str, golds: Golds, format_weight: float = 0.1,
+                format_rule: str = "ssrl") -> RewardParts:
     """SSRL reward r = (1 − λ)·EM + λ·f with λ = ``format_weight`` (SPEC §3).
 
     EM is of the extracted answer against ``golds`` (0 without an answer); f is
-    ``format_score(response)``.
+    ``format_score(response, format_rule)``. SSRL trains on 0.9·EM + 0.1·f, the default.
     """
-    return _parts(response, golds, format_weight)
+    return _parts(response, golds, format_weight, format_rule)
 
 
 def majority_answer(answers: Sequence[str | None]) -> str | None:
@@ -258,7 +177,8 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
 
 
 def ttrl_rewards(
-    responses: Sequence[str], format_weight: float = 0.1, group_size: int | None = None
+    responses: Sequence[str], format_weight: float = 0.1, group_size: int | None = None,
+    format_rule: str = "ssrl",
 ) -> list[RewardParts]:
     """TTRL rewards: each response is scored as ``ssrl_reward`` against its group's majority.
 
@@ -277,5 +197,5 @@ def ttrl_rewards(
         group = responses[start : start + group_size]
         majority = majority_answer([extract_answer(r) for r in group])
         golds: list[str] = [] if majority is None else [majority]
-        out.extend(_parts(r, golds, format_weight) for r in group)
+        out.extend(_parts(r, golds, format_weight, format_rule) for r in group)
     return out

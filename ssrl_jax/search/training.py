@@ -48,7 +48,7 @@ class _Trajectories(NamedTuple):
 
 def score_group_rows(tokens: np.ndarray, sources: np.ndarray, golds: Sequence[Sequence[str]], *,
                      token_bytes: Sequence[bytes], reward: str, group_size: int,
-                     format_weight: float, mask_information: bool
+                     format_weight: float, mask_information: bool, format_rule: str = "ssrl"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Host scoring of N = P·n responses, groups consecutive.
 
@@ -58,9 +58,11 @@ def score_group_rows(tokens: np.ndarray, sources: np.ndarray, golds: Sequence[Se
     """
     texts = [response_text(tokens[i], sources[i], token_bytes) for i in range(len(tokens))]
     if reward == "ttrl":
-        parts = rewards.ttrl_rewards(texts, format_weight, group_size=group_size)
+        parts = rewards.ttrl_rewards(texts, format_weight, group_size=group_size,
+                                     format_rule=format_rule)
     else:
-        parts = [rewards.ssrl_reward(t, g, format_weight) for t, g in zip(texts, golds)]
+        parts = [rewards.ssrl_reward(t, g, format_weight, format_rule)
+                 for t, g in zip(texts, golds)]
     scores = np.array([[getattr(p, name) for name in SCORE_NAMES] for p in parts], np.float32)
     gold_em = np.array([rewards.exact_match(rewards.extract_answer(t), g) if g else 0.0
                         for t, g in zip(texts, golds)], np.float32)
@@ -88,6 +90,7 @@ class HostStep:
     mesh: jax.sharding.Mesh
     reward: str = "ssrl"
     format_weight: float = 0.1
+    format_rule: str = "ssrl"
     rules: ShardingRules = dataclasses.field(default_factory=ShardingRules)
     state_sharding: Any = None
 
@@ -142,7 +145,7 @@ class HostStep:
         scores, mask, gold_em = score_group_rows(
             tokens, sources, row_golds, token_bytes=self.token_bytes, reward=self.reward,
             group_size=n, format_weight=self.format_weight,
-            mask_information=cfg.mask_information)
+            mask_information=cfg.mask_information, format_rule=self.format_rule)
         reward_values = scores[:, SCORE_NAMES.index("reward")]
         state, metrics = self._learn(state, out.state.tokens, out.state.sources,
                                      self._rows(mask), self._rows(reward_values), shuffle_key)

@@ -71,7 +71,8 @@ def test_batches_hold_lists_per_field():
     batch = next(make_qa_iterator(rows, batch_size=4, seed=0, shuffle=False, num_threads=0))
     assert batch == collate_rows(rows[:4])
     assert batch["golden_answers"][2] == ("a2", "a2", "a2")
-    assert set(batch) == {"id", "question", "golden_answers", "data_source"}
+    assert set(batch) == {"id", "question", "golden_answers", "data_source", "prompt"}
+    assert batch["prompt"] == [None] * 4  # rows without chat messages of their own
 
 
 def test_each_epoch_is_a_new_permutation_of_all_rows():

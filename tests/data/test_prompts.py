@@ -7,8 +7,12 @@ from ssrl_jax.data.prompts import (
     PROMPT_MODES,
     build_prompt,
     build_prompts,
+    dataset_prompt_ids,
     instruction,
+    prompt_source_summary,
     prompt_token_ids,
+    row_prompt_ids,
+    uses_dataset_prompt,
 )
 from ssrl_jax.data.qa import extract_question
 from ssrl_jax.data.tiny_tokenizer import (
@@ -89,6 +93,60 @@ def test_errors_name_the_problem(tokenizer):
     tokenizer_without_template.chat_template = None
     with pytest.raises(ValueError, match="has no chat_template"):
         prompt_token_ids(QUESTION, tokenizer=tokenizer_without_template, chat=True)
+
+
+# --- a dataset's own prompt (verl's `prompt` column) ----------------------------------------
+
+FILE_PROMPT = (("system", "Be brief."),
+               ("user", "Reason in <think> </think>, answer in <answer> </answer>. "
+                        f"Question: {QUESTION}\n"))
+
+
+def test_dataset_prompt_is_rendered_as_verl_renders_it(tokenizer):
+    messages = [{"role": r, "content": c} for r, c in FILE_PROMPT]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = dataset_prompt_ids(FILE_PROMPT, tokenizer=tokenizer, chat=True)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text and ids.count(tokenizer.bos_token_id) == 1
+    assert "Be brief." in text and FILE_PROMPT[1][1].strip() in text  # the template strips
+    assert instruction(QUESTION) not in text   # not our wording
+
+
+def test_dataset_prompt_without_a_chat_template_is_the_first_message(tokenizer):
+    # Search-R1's verl without a chat template: the first message's content, no special tokens.
+    (user,) = FILE_PROMPT[1:]
+    ids = dataset_prompt_ids((user,), tokenizer=tokenizer, chat=False)
+    assert ids == tokenizer(user[1], add_special_tokens=False)["input_ids"]
+    assert tokenizer.bos_token_id not in ids
+    with pytest.raises(ValueError, match="2 chat messages needs a chat template"):
+        dataset_prompt_ids(FILE_PROMPT, tokenizer=tokenizer, chat=False)
+
+
+def test_row_prompt_uses_the_file_unless_asked_to_rebuild(tokenizer):
+    ours = prompt_token_ids(QUESTION, mode="search_r1", tokenizer=tokenizer, chat=True)
+    theirs = dataset_prompt_ids(FILE_PROMPT, tokenizer=tokenizer, chat=True)
+    assert theirs != ours
+
+    def ids(prompt, source):
+        return row_prompt_ids(QUESTION, prompt, mode="search_r1", source=source,
+                              tokenizer=tokenizer, chat=True)
+
+    assert ids(FILE_PROMPT, "dataset") == theirs
+    assert ids(FILE_PROMPT, "rebuild") == ids(None, "dataset") == ids(None, "rebuild") == ours
+    assert uses_dataset_prompt(FILE_PROMPT, "dataset")
+    assert not uses_dataset_prompt(FILE_PROMPT, "rebuild") and not uses_dataset_prompt(None,
+                                                                                     "dataset")
+    with pytest.raises(ValueError, match=r"prompt source must be one of \('dataset', 'rebuild'\)"):
+        ids(FILE_PROMPT, "file")
+
+
+def test_prompt_source_summary_says_which_prompts_are_used():
+    prompts = [FILE_PROMPT, FILE_PROMPT, None]
+    assert prompt_source_summary(prompts, source="dataset", mode="self_search") == (
+        "prompts (prompt_source=dataset): 2 rows use the file's chat messages verbatim; "
+        "1 rows get our self_search prompt (no chat messages in the file)")
+    assert prompt_source_summary(prompts, source="rebuild", mode="search_r1") == (
+        "prompts (prompt_source=rebuild): 3 rows get our search_r1 prompt (asked to rebuild)")
 
 
 def test_tiny_tokenizer_is_deterministic_and_round_trips(tokenizer, tmp_path):

@@ -1,5 +1,6 @@
 """Tests for ssrl_jax.data.qa: the canonical row, both file layouts, hub loading, bad rows."""
 
+import dataclasses
 import json
 import re
 
@@ -141,7 +142,39 @@ def test_empty_file_and_unknown_type_are_errors(tmp_path):
 def test_parquet_round_trip_with_question_column(tmp_path, sample_rows):
     records = [verl_record(r, i, with_question=True) for i, r in enumerate(sample_rows)]
     path = write_parquet(tmp_path / "train.parquet", records)
-    assert read_qa(path) == sample_rows
+    rows = read_qa(path)
+    assert [dataclasses.replace(r, prompt=None) for r in rows] == sample_rows
+    # The file's chat messages stay on the row, exactly as written.
+    assert [r.prompt for r in rows] == [
+        tuple((m["role"], m["content"]) for m in rec["prompt"]) for rec in records]
+
+
+def test_row_prompt_round_trips_through_dict_and_jsonl(tmp_path):
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Question: q?\n"}]
+    row = QARow("a", "q?", ("x",), "nq", prompt=messages)
+    assert row.prompt == (("system", "Be brief."), ("user", "Question: q?\n"))
+    assert row.to_dict()["prompt"] == messages and hash(row) == hash(QARow(**row.to_dict()))
+    write_jsonl([row], tmp_path / "p.jsonl")
+    assert read_jsonl(tmp_path / "p.jsonl") == [row]
+
+
+@pytest.mark.parametrize(
+    "prompt, field, problem",
+    [
+        ("Question: q?", "prompt", "non-empty list of chat messages"),
+        ([], "prompt", "non-empty list of chat messages"),
+        (["Question: q?"], "prompt[0]", "non-empty list of chat messages"),
+        ([{"role": "user"}], "prompt[0]", "non-empty list of chat messages"),
+        ([{"role": "", "content": "x"}], "prompt[0]", "non-empty list of chat messages"),
+        ([{"role": "user", "content": "x", "tool_calls": [1]}], "prompt[0]",
+         "has fields ['tool_calls']"),
+    ],
+)
+def test_bad_prompt_names_file_row_and_field(tmp_path, prompt, field, problem):
+    path = write_lines(tmp_path / "nq.jsonl", [json.dumps(dict(ROW, prompt=prompt))])
+    with pytest.raises(DataError, match=rf"row 1: field '{re.escape(field)}' .*{re.escape(problem)}"):
+        read_qa(path)
 
 
 def test_parquet_recovers_question_from_prompt_and_id_from_extra_info(tmp_path, sample_rows):

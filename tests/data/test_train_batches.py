@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from ssrl_jax.data.pipeline import make_qa_iterator
+from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.data.qa import DataError, QARow, write_jsonl
 from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
 from ssrl_jax.data.train_batches import (check_golds, read_training_rows, step_batch,
                                          tokenize_prompts)
 from ssrl_jax.sharding import ShardingRules, make_mesh
+from tests.search_r1_data import write_search_r1_parquet
 
 
 def rows(source, n, question="What is the capital of France?"):
@@ -76,3 +79,65 @@ def test_step_batch_is_sharded_over_the_batch_axis(tokenizer, eight_devices):
     for array in batch.values():
         assert array.sharding.spec[0] == ("data", "fsdp")
     assert bytes(np.asarray(batch["golds"])[3, 0, :5]) == b"Paris"
+
+
+# --- a verl parquet's own prompts -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def search_r1_train(tmp_path_factory):
+    """A train.parquet written as Search-R1's nq_search.py writes it (6 nq rows)."""
+    rows = [{"id": f"train_{i}", "question": f"capital number {i}", "golden_answers": ["Paris"]}
+            for i in range(6)]
+    path = tmp_path_factory.mktemp("nq_search") / "train.parquet"
+    return write_search_r1_parquet(path, {"nq": rows}, split="train")
+
+
+def verl_ids(tokenizer, row):
+    """How verl tokenises a row's prompt: chat template to text, then no special tokens."""
+    messages = [{"role": r, "content": c} for r, c in row.prompt]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_training_uses_the_parquets_prompts_verbatim(tokenizer, search_r1_train, caplog,
+                                                     eight_devices):
+    rows = read_training_rows([search_r1_train], {}, seed=0)
+    assert all(r.prompt is not None and r.question.endswith("?") for r in rows)
+    with caplog.at_level(logging.INFO, logger="ssrl_jax.data.train_batches"):
+        kept, table = tokenize_prompts(rows, tokenizer, mode="self_search", chat=True,
+                                       max_prompt_tokens=1024)
+    assert table.summary == ("prompts (prompt_source=dataset): 6 rows use the file's chat "
+                             "messages verbatim")
+    assert table.summary in caplog.text
+    ours = [tuple(prompt_token_ids(r.question, tokenizer=tokenizer, chat=True)) for r in kept]
+    assert table.row_ids({"question": [r.question for r in kept],
+                          "prompt": [r.prompt for r in kept]}) == [
+        verl_ids(tokenizer, r) for r in kept]
+    assert verl_ids(tokenizer, kept[0]) != ours[0]
+    # Through the grain pipeline and into the step's arrays.
+    qa = next(make_qa_iterator(kept, batch_size=4, seed=0, shuffle=False, num_threads=0))
+    batch = step_batch(qa, table, pad_id=tokenizer.pad_token_id, max_golds=1, max_gold_bytes=8,
+                       mesh=make_mesh({"data": 2, "fsdp": 4}), rules=ShardingRules())
+    ids, valid = np.asarray(batch["prompt_ids"]), np.asarray(batch["prompt_valid"])
+    assert tuple(ids[1][valid[1]]) == verl_ids(tokenizer, kept[1])
+
+
+def test_rebuild_ignores_the_parquets_prompts(tokenizer, search_r1_train):
+    rows = read_training_rows([search_r1_train], {}, seed=0)
+    _, table = tokenize_prompts(rows, tokenizer, mode="search_r1", chat=True,
+                                max_prompt_tokens=1024, source="rebuild")
+    assert table.summary == ("prompts (prompt_source=rebuild): 6 rows get our search_r1 "
+                             "prompt (asked to rebuild)")
+    assert table.row_ids({"question": [rows[0].question], "prompt": [rows[0].prompt]}) == [
+        tuple(prompt_token_ids(rows[0].question, mode="search_r1", tokenizer=tokenizer,
+                               chat=True))]
+
+
+def test_rows_sharing_a_question_keep_their_own_prompts(tokenizer):
+    a = QARow("a", "q?", ("x",), "nq", prompt=[{"role": "user", "content": "Question: q?"}])
+    b = QARow("b", "q?", ("x",), "nq", prompt=[{"role": "user", "content": "Short. Question: q?"}])
+    _, table = tokenize_prompts([a, b], tokenizer, mode="self_search", chat=True,
+                                max_prompt_tokens=1024)
+    ids = table.row_ids({"question": ["q?", "q?"], "prompt": [a.prompt, b.prompt]})
+    assert ids == [verl_ids(tokenizer, a), verl_ids(tokenizer, b)] and ids[0] != ids[1]

@@ -12,9 +12,13 @@ from ssrl_jax.eval.benchmarks import (
     bundled_data_dir,
     get_benchmark,
     load_benchmark,
+    load_eval_sets,
     parse_benchmarks,
+    parse_eval_specs,
+    question_indices,
     toyworld_data_dir,
 )
+from tests.search_r1_data import INSTRUCTION, write_search_r1_parquet
 
 EXPECTED_FILES = {
     "nq": "nq/test.jsonl",
@@ -56,8 +60,8 @@ def test_bundled_files_load(name, split):
     assert len({r.id for r in rows}) == 24
     assert all(r.data_source == name and r.golden_answers and r.question for r in rows)
     assert all(r.id.startswith(f"sample-{name}-{split}-") for r in rows)
-    assert [r.id for r in load_benchmark(name, bundled_data_dir(), limit=5)] == [
-        r.id for r in rows[:5]]
+    limited = load_benchmark(name, bundled_data_dir(), limit=5, seed=3)
+    assert [r.id for r in limited] == [rows[i].id for i in question_indices(24, 5, seed=3)]
     assert benchmark_path(name, bundled_data_dir()).name == f"{split}.jsonl"
 
 
@@ -106,3 +110,78 @@ def test_bad_row_names_file_row_and_field(tmp_path):
 def test_limit_must_be_positive_int(limit):
     with pytest.raises(ValueError, match="limit"):
         load_benchmark("nq", bundled_data_dir(), limit=limit)
+
+
+# --- a seeded limit samples questions -----------------------------------------------------
+
+
+def test_question_indices_are_a_seeded_nested_sample_in_file_order():
+    assert question_indices(10, None, seed=0) == list(range(10))
+    assert question_indices(10, 10, seed=0) == question_indices(10, 50, seed=0) == list(range(10))
+    five = question_indices(100, 5, seed=0)
+    assert five == sorted(five) and len(set(five)) == 5
+    assert five != [0, 1, 2, 3, 4]                       # not the first N
+    assert question_indices(100, 5, seed=0) == five      # reproducible
+    assert question_indices(100, 5, seed=1) != five      # the seed matters
+    assert set(five) <= set(question_indices(100, 20, seed=0))  # a larger limit keeps these
+    # Every question is equally likely to be kept.
+    counts = [0] * 10
+    for seed in range(2000):
+        for i in question_indices(10, 3, seed=seed):
+            counts[i] += 1
+    assert all(abs(c / 2000 - 0.3) < 0.04 for c in counts)
+    with pytest.raises(ValueError, match="limit"):
+        question_indices(10, 0, seed=0)
+
+
+# --- QA files named directly: Search-R1's test.parquet --------------------------------------
+
+
+def flashrag_rows(name, n):
+    return [{"id": f"test_{i}", "question": f"{name} question {i}",
+             "golden_answers": [f"{name} answer {i}"]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def search_r1_test(tmp_path_factory):
+    """Search-R1's merged test file over nq (7 rows) and hotpotqa (5 rows)."""
+    path = tmp_path_factory.mktemp("search_r1") / "test.parquet"
+    return write_search_r1_parquet(path, {"nq": flashrag_rows("nq", 7),
+                                          "hotpotqa": flashrag_rows("hotpotqa", 5)})
+
+
+def test_eval_specs_keep_files_as_paths(search_r1_test):
+    specs = parse_eval_specs(f"nq, {search_r1_test},bamboogle")
+    assert specs == [BENCHMARKS["nq"], search_r1_test, BENCHMARKS["bamboogle"]]
+    with pytest.raises(ValueError, match="unknown benchmark 'test.csv'"):
+        parse_eval_specs("test.csv")
+
+
+def test_search_r1_test_parquet_is_one_benchmark_per_data_source(search_r1_test):
+    nq, hotpot = load_eval_sets([search_r1_test], None)
+    assert (nq.name, nq.display_name, nq.category) == ("nq", "NQ", "general")
+    assert (hotpot.name, hotpot.display_name, hotpot.category) == (
+        "hotpotqa", "HotpotQA", "multi-hop")
+    assert nq.file == hotpot.file == search_r1_test and nq.split == ""
+    assert len(nq.rows) == 7 and len(hotpot.rows) == 5
+    assert nq.indices == list(range(7)) and hotpot.indices == list(range(7, 12))
+    row = hotpot.rows[2]
+    assert row.golden_answers == ("hotpotqa answer 2",) and row.id == "test_2"
+    assert row.question.startswith("hotpotqa question 2")
+    # The file's exact prompt travels with the row.
+    assert row.prompt == (("user", INSTRUCTION.format(question="hotpotqa question 2?")),)
+
+
+def test_search_r1_test_parquet_limit_samples_each_data_source(search_r1_test):
+    nq, hotpot = load_eval_sets([search_r1_test], None, limit=3, seed=4)
+    assert nq.indices == question_indices(7, 3, seed=4)
+    assert hotpot.indices == [7 + i for i in question_indices(5, 3, seed=4)]
+    assert [r.question for r in hotpot.rows] == [
+        f"hotpotqa question {i - 7}?" for i in hotpot.indices]
+
+
+def test_a_benchmark_named_twice_is_refused(search_r1_test):
+    with pytest.raises(DataError, match=r"\['nq'\] are given more than once"):
+        load_eval_sets(parse_eval_specs(f"nq,{search_r1_test}"), bundled_data_dir())
+    with pytest.raises(BenchmarkFileError, match="absent.parquet does not exist"):
+        load_eval_sets(["absent.parquet"], None)

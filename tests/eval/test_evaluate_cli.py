@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from ssrl_jax import evaluate
-from ssrl_jax.eval.benchmarks import BenchmarkFileError
+from ssrl_jax.eval.benchmarks import BenchmarkFileError, question_indices
 from tests.eval.test_selfsearch import write_answering_model
+from tests.search_r1_data import write_search_r1_parquet
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "eval_selfsearch.py")
@@ -65,8 +66,11 @@ def test_cli_writes_table_json_jsonl_and_png(jax_run):
         assert m["pass@k"]["1"] <= m["pass@k"]["2"] <= m["pass@k"]["4"]
         lines = (out_dir / f"{name}.jsonl").read_text().splitlines()
         assert len(lines) == 6 and all(len(json.loads(l)["samples"]) == 4 for l in lines)
+    # limit=6 keeps a seeded sample of each benchmark, the same one the GPU script keeps.
+    hotpot = loaded["benchmarks"]["hotpotqa"]
+    assert hotpot["question_indices"] == question_indices(24, 6, seed=0) == [0, 6, 7, 11, 14, 17]
     # The model always answers Paris greedily: right only for hotpotqa's first question.
-    assert loaded["benchmarks"]["hotpotqa"]["metrics"]["greedy"]["em"] == pytest.approx(1 / 6)
+    assert hotpot["metrics"]["greedy"]["em"] == pytest.approx(1 / 6)
     assert loaded["benchmarks"]["nq"]["metrics"]["greedy"]["em"] == 0.0
     assert "HotpotQA (dev split, 6 questions, K=4)" in stdout
     assert "pass@k" in stdout and "average" in stdout and "results.json" in stdout
@@ -152,6 +156,51 @@ def test_config_defaults_follow_spec(tmp_path):
     assert pathlib.Path(data_dir, "nq", "test.jsonl").is_file()
 
 
+def search_r1_file(path):
+    """Search-R1's test.parquet layout: nq (2 rows) then hotpotqa (2 rows, the first Paris)."""
+    return write_search_r1_parquet(path, {
+        "nq": [{"id": "test_0", "question": "capital of Italy", "golden_answers": ["Rome"]},
+               {"id": "test_1", "question": "capital of Spain", "golden_answers": ["Madrid"]}],
+        "hotpotqa": [{"id": "test_0", "question": "where is the Louvre",
+                      "golden_answers": ["Paris"]},
+                     {"id": "test_1", "question": "where is the Prado",
+                      "golden_answers": ["Madrid"]}]})
+
+
+def test_config_accepts_qa_files_without_a_data_dir(tmp_path):
+    path = search_r1_file(tmp_path / "test.parquet")
+    _, specs, data_dir = evaluate.check_config(
+        evaluate.parse_config(argv(model=tmp_path, benchmarks=path)))
+    assert specs == [path] and data_dir is None
+    absent = tmp_path / "absent.parquet"
+    with pytest.raises(evaluate.ConfigError, match=r"config.benchmarks=.*absent.parquet is no file"):
+        evaluate.check_config(evaluate.parse_config(argv(model=tmp_path, benchmarks=absent)))
+    with pytest.raises(evaluate.ConfigError, match="config.data_dir"):
+        evaluate.check_config(evaluate.parse_config(argv(model=tmp_path, benchmarks=f"nq,{path}")))
+
+
+@pytest.mark.slow
+def test_cli_reads_a_search_r1_test_parquet_with_its_prompts(model_dir, tmp_path, caplog):
+    import logging
+
+    path = search_r1_file(tmp_path / "test.parquet")
+    out_dir = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        results = evaluate.main(argv(model=model_dir, benchmarks=path, num_samples=0,
+                                     max_new_tokens=12, dtype="float32", output_dir=out_dir))
+    assert list(results["benchmarks"]) == ["nq", "hotpotqa"]
+    hotpot = results["benchmarks"]["hotpotqa"]
+    assert hotpot["display_name"] == "HotpotQA" and hotpot["file"] == path
+    # Greedy "Paris" after the file's own chat prompt: right on the Louvre question only.
+    assert hotpot["metrics"]["greedy"]["em"] == 0.5
+    assert results["benchmarks"]["nq"]["metrics"]["greedy"]["em"] == 0.0
+    assert "2 rows use the file's chat messages verbatim" in caplog.text
+    lines = [json.loads(l) for l in (out_dir / "hotpotqa.jsonl").read_text().splitlines()]
+    assert [l["question"] for l in lines] == ["where is the Louvre?", "where is the Prado?"]
+    # SSRL's protocol: the response runs past its first </answer> (here to the token cap).
+    assert all(l["greedy"]["finish_reason"] == "length" for l in lines)
+
+
 def test_missing_benchmark_file_fails_before_loading_the_model(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(BenchmarkFileError, match="bamboogle/test.jsonl"):
@@ -195,10 +244,12 @@ def test_gpu_script_vllm_backend_with_a_stand_in_module(monkeypatch, tmp_path):
     from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
 
     tok_dir = quickstart_tokenizer_path()
+    # Seed 14 samples hotpotqa rows 0 (gold Paris) and 23.
     results = eval_gpu.main(["--model", tok_dir, "--benchmarks", "hotpotqa", "--data-dir",
-                             "bundled", "--limit", "2", "--num-samples", "3", "--seed", "1",
-                             "--output-dir", str(tmp_path)])
-    assert results["backend"] == "vllm" and calls["llm"]["seed"] == 1
+                             "bundled", "--limit", "2", "--num-samples", "3", "--seed", "14",
+                             "--stop-at-answer", "--output-dir", str(tmp_path)])
+    assert results["backend"] == "vllm" and calls["llm"]["seed"] == 14
+    assert results["benchmarks"]["hotpotqa"]["question_indices"] == [0, 23]
     (greedy_prompts, greedy_params), (_, sample_params) = calls["generate"]
     assert all("prompt_token_ids" in p for p in greedy_prompts) and len(greedy_prompts) == 2
     assert [p.temperature for p in greedy_params] == [0.0, 0.0]

@@ -79,7 +79,8 @@ def sampler(loaded):
     return Sampler(model, tokenizer=tokenizer, eos_ids=eos)
 
 
-SETTINGS = EvalSettings(num_samples=4, max_new_tokens=12, batch_size=16)
+# The bigram model never writes EOS, so these tests end responses at </answer>.
+SETTINGS = EvalSettings(num_samples=4, max_new_tokens=12, batch_size=16, stop_at_answer=True)
 
 # ------------------------------------------------------------------------- scoring --
 
@@ -142,6 +143,37 @@ def test_question_record_fields():
     assert record["num_correct"] == 0 and record["majority_answer"] is None
 
 
+def test_the_last_answer_block_is_scored():
+    row = QARow("q", "Capital of France?", ("Paris",), "nq")
+    text = ("<think> t </think><answer> Rome </answer><think> no, wait </think>"
+            "<answer> Paris </answer>")
+    record = question_record(row, Completion(text, 20, "eos"), [])
+    assert record["greedy"]["answer"] == "Paris" and record["greedy"]["em"] == 1.0
+
+
+def test_eval_prompts_use_the_files_chat_messages(loaded, caplog):
+    import logging
+
+    from ssrl_jax.data.prompts import prompt_token_ids
+    from ssrl_jax.eval.selfsearch import eval_prompt_ids
+
+    tokenizer = loaded[1]
+    messages = [{"role": "user", "content": "Use <search> when unsure. Question: who?\n"}]
+    rows = [QARow("a", "who?", ("x",), "nq", prompt=messages), QARow("b", "why?", ("y",), "nq")]
+    verl = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                   tokenize=False), add_special_tokens=False)
+    ours = [prompt_token_ids(r.question, tokenizer=tokenizer, chat=True) for r in rows]
+    with caplog.at_level(logging.INFO, logger="ssrl_jax.eval.selfsearch"):
+        ids = eval_prompt_ids(rows, EvalSettings(chat="true"), tokenizer, label="nq")
+    assert ids == [verl["input_ids"], ours[1]] and ids[0] != ours[0]
+    assert ("nq: prompts (prompt_source=dataset): 1 rows use the file's chat messages "
+            "verbatim; 1 rows get our self_search prompt (no chat messages in the file)"
+            ) in caplog.text
+    rebuilt = eval_prompt_ids(rows, EvalSettings(chat="true", prompt_source="rebuild"),
+                              tokenizer)
+    assert rebuilt == ours
+
+
 def test_aggregate_rejects_inconsistent_records():
     row = QARow("q", "q?", ("a",), "t")
     with pytest.raises(ValueError, match="same number of samples"):
@@ -157,7 +189,7 @@ def test_aggregate_rejects_inconsistent_records():
 @pytest.mark.parametrize("field,value", [
     ("num_samples", -1), ("temperature", 0.0), ("top_p", 1.5), ("top_k", -2),
     ("max_new_tokens", 0), ("batch_size", 0), ("mode", "rag"), ("chat", "yes"), ("seed", -1),
-    ("greedy", 1),
+    ("greedy", 1), ("prompt_source", "file"), ("stop_at_answer", "yes"),
 ])
 def test_settings_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}="):
@@ -168,8 +200,9 @@ def test_settings_need_something_to_sample():
     with pytest.raises(ValueError, match="num_samples"):
         EvalSettings(greedy=False, num_samples=0)
     assert EvalSettings(num_samples=0).ks == [] and EvalSettings(num_samples=6).ks == [1, 2, 4, 6]
-    assert EvalSettings().stop_strings == ("</answer>",)
-    assert EvalSettings(stop_at_answer=False).stop_strings == ()
+    # SSRL's protocol by default: no stop string, generate to EOS (or the cap).
+    assert EvalSettings().stop_strings == () and EvalSettings().prompt_source == "dataset"
+    assert EvalSettings(stop_at_answer=True).stop_strings == ("</answer>",)
 
 
 def test_resolve_chat():
@@ -215,6 +248,18 @@ def test_evaluate_rows_samples_and_scores(sampler, loaded):
         assert metrics["pass@k"][str(k)] == pytest.approx(brute_pass_at_k(correct, k))
     assert metrics["pass@k"]["1"] <= metrics["pass@k"]["2"] <= metrics["pass@k"]["4"]
     assert metrics["sampled"]["num_tokens"] == 7.0
+
+
+def test_default_protocol_generates_past_the_first_answer(sampler, loaded):
+    """SSRL's protocol: no stop at </answer>; the response runs to EOS or the cap."""
+    from ssrl_jax.eval.selfsearch import evaluate_rows
+
+    records, _ = evaluate_rows(sampler, loaded[1], ROWS[:1],
+                               EvalSettings(num_samples=0, max_new_tokens=12, batch_size=16))
+    greedy = records[0]["greedy"]
+    assert greedy["response"] == " <answer> Paris </answer> Paris </answer> Paris"
+    assert greedy["finish_reason"] == "length" and greedy["num_tokens"] == 12
+    assert greedy["answer"] == "Paris" and greedy["em"] == 1.0
 
 
 def test_samples_do_not_depend_on_batching_or_neighbours(sampler, loaded):

@@ -25,6 +25,7 @@ def test_shipped_configs_validate(name):
 
 def test_paper_configs_carry_the_spec_settings():
     c = load("llama8b")
+    assert (c.grpo.format_rule, c.data.prompt_source) == ("ssrl", "dataset")
     assert (c.batch_size, c.rollout.group_size, c.optim.learning_rate) == (256, 5, 1e-6)
     assert (c.data.max_prompt_tokens, c.rollout.max_new_tokens, c.num_epochs) == (1024, 4096, 5)
     assert (c.grpo.kl_coef, c.grpo.kl_estimator, c.grpo.aggregation) == (
@@ -41,6 +42,8 @@ def test_paper_configs_carry_the_spec_settings():
     ("data.weights", "nq:1", "config.data.weights='nq:1'"),
     ("mesh.tensor", 0, "config.mesh.tensor=0"),
     ("data.chat", "yes", "expected one of ('auto', 'true', 'false')"),
+    ("data.prompt_source", "file", "expected one of ('dataset', 'rebuild')"),
+    ("grpo.format_rule", "lenient", "expected one of ('ssrl', 'strict')"),
     ("grpo.dual_clip", 0.5, "0 (off) or a number > 1"),
     ("optim.schedule", "linear", "expected one of ('constant', 'cosine')"),
     ("log.num_samples", -1, "config.log.num_samples=-1 is not allowed: expected an integer >= 0"),
