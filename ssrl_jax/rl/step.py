@@ -249,6 +249,7 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
             loss = loss - config.entropy_coef * grpo.aggregate(
                 entropy, micro["mask"], config.aggregation, total_tokens=totals[0],
                 total_sequences=totals[1])
+            metrics["loss"] = loss
         return loss, metrics
 
     def update(params, opt_state, mini, prompt_len):

@@ -52,7 +52,8 @@ def test_first_action_is_searchr1s_leftmost_pair():
 
 
 def test_kept_bytes_cuts_only_past_a_tag_in_the_last_token():
-    assert kept_bytes(b"<search>q</search>\n\n", 4, ["</search>"]) == 1   # token ">\n\n"
+    assert kept_bytes(b"<search>q</search>\n\n", 3, ["</search>"]) == 1   # token ">\n\n"
+    assert kept_bytes(b"<search>q</search>\n\n", 4, ["</search>"]) == 2   # token "h>\n\n"
     assert kept_bytes(b"<search>q</search>", 3, ["</search>"]) is None    # nothing after
     assert kept_bytes(b"<search>q</search>\nx", 2, ["</search>"]) is None  # tag not in it
     assert kept_bytes(b"a</answer> b", 12, ["</search>", "</answer>"]) == 10
@@ -81,9 +82,12 @@ def test_a_real_search_turn_ends_exactly_at_the_tag(setup, server_url):
         # The re-tokenised tag is the policy's text (trained on), the documents are not.
         tag = tok.convert_tokens_to_ids("</search>")
         replaced = np.flatnonzero((tokens == tag) & (sources == TokenSource.POLICY))
-        assert replaced.size == 4  # query 1's own tag + 3 cut ones
-        # The query the policy wrote after the last real search is self-written: not cut.
-        assert text.count(" river flows</search>\n\n<information>") == 2
+        assert replaced.size == 3  # query 1's own tag + the 2 cut ones of query 2
+        # Every retrieved block follows its tag directly (3 real searches); the query written
+        # after the last one is self-answered and keeps its "</search>\n" token.
+        assert text.count("</search>\n\n<information>Doc 1") == 3
+        assert text.endswith(" river flows</search>\n\n<information> water </information>"
+                             "<answer> Paris</answer>")
 
 
 @pytest.mark.slow
