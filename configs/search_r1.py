@@ -33,6 +33,9 @@ def get_config():
     # A Hugging Face directory (weights, config.json, tokenizer), local or gs://.
     c.model.path = "/YOUR/MODELS/Qwen2.5-3B"
     c.data.train_files = "/YOUR/DATA/nq_hotpotqa_train/train.parquet"
+    # Search-R1 trains on its parquet's `prompt` messages verbatim (nq_search.py's template);
+    # jsonl files get our search_r1 instruction (docs/fidelity.md, "prompts").
+    c.data.prompt_mode = "search_r1"
     c.data.max_prompt_tokens = 2048       # data.max_start_length
     c.batch_size = 512                    # data.train_batch_size
     c.total_steps = 1005                  # trainer.total_training_steps
