@@ -28,6 +28,7 @@ ROLLOUT_MODES = ("self", "real", "first_k_real", "entropy_guided")
 REWARDS = ("ssrl", "ttrl")
 ENTROPY_RULES = ("rise", "threshold")
 SEARCH_FAILURE_POLICIES = ("fail", "fallback")
+SEARCH_PROTOCOLS = ("free", "search_r1")
 QUICKSTART_TOKENIZER = "quickstart"
 SAMPLE_DATA = "sample"
 
@@ -91,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.dual_clip = 0.0        # 0: off
     c.grpo.kl_coef = 0.001
     c.grpo.kl_estimator = "low_var_kl"
+    c.grpo.entropy_coef = 0.0     # entropy bonus (verl entropy_coeff; SSRL 0, Search-R1 0.001)
     c.grpo.aggregation = "token-mean"
     c.grpo.num_mini_batches = 1
     c.grpo.num_micro_batches = 1
@@ -106,6 +108,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.search.entropy_rule = "rise"  # entropy_guided: "rise" or "threshold"
     c.search.entropy_threshold = 0.0
     c.search.max_info_tokens = 500  # document tokens injected per search (Search-R1: 500)
+    # free: a row writes on to EOS and only real searches stop it; search_r1: Search-R1's
+    # agent loop (turns end at </search> / </answer> / EOS / turn_tokens, invalid actions get
+    # its feedback text, one last turn after max_turns). docs/search.md.
+    c.search.protocol = "free"
+    c.search.turn_tokens = 0      # search_r1: policy tokens per turn (0: no cap; Search-R1 500)
     c.search.timeout_s = 10.0
     c.search.max_retries = 3
     c.search.on_failure = "fail"  # fail: the step fails; fallback: the model writes the info
@@ -228,6 +235,7 @@ _CHECKS: dict[str, Check] = {
     else "0 (off) or a number > 1",
     "grpo.kl_coef": _number(0.0),
     "grpo.kl_estimator": _one_of(KL_ESTIMATORS),
+    "grpo.entropy_coef": _number(0.0),
     "grpo.aggregation": _one_of(AGGREGATIONS),
     "grpo.num_mini_batches": _int(1),
     "grpo.num_micro_batches": _int(1),
@@ -241,6 +249,8 @@ _CHECKS: dict[str, Check] = {
     "search.entropy_threshold": lambda v: None if isinstance(v, (int, float)) and not
     isinstance(v, bool) and math.isfinite(v) else "a finite number",
     "search.max_info_tokens": _int(1),
+    "search.protocol": _one_of(SEARCH_PROTOCOLS),
+    "search.turn_tokens": _int(0),
     "search.timeout_s": _number(0.0, open_low=True),
     "search.max_retries": _int(0),
     "search.on_failure": _one_of(SEARCH_FAILURE_POLICIES),
@@ -309,6 +319,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not config.model.path and not config.model.tokenizer:
         raise ConfigFieldError("config.model.tokenizer: needed when config.model.path is empty "
                                f"(a random model); e.g. {QUICKSTART_TOKENIZER!r}")
+    if config.search.protocol != "free" and config.rollout.mode == "self":
+        raise ConfigFieldError(f"config.search.protocol={config.search.protocol!r} applies to "
+                               "real-search rollouts; set config.rollout.mode to 'real', "
+                               "'first_k_real' or 'entropy_guided'")
     if config.rollout.mode != "self" and not config.search.url.strip():
         raise ConfigFieldError(f"config.search.url: needed when config.rollout.mode="
                                f"{config.rollout.mode!r} (the retriever's /retrieve endpoint)")

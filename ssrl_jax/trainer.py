@@ -169,7 +169,7 @@ def step_config(config: ml_collections.ConfigDict, eos_ids: tuple[int, ...],
         eos_ids=eos_ids, pad_id=pad_id, num_mini_batches=g.num_mini_batches,
         num_micro_batches=g.num_micro_batches, ppo_epochs=g.ppo_epochs, clip_low=g.clip_low,
         clip_high=g.clip_high, dual_clip=g.dual_clip or None, kl_coef=g.kl_coef,
-        kl_estimator=g.kl_estimator, aggregation=g.aggregation,
+        kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef, aggregation=g.aggregation,
         advantage_estimator=g.advantage_estimator, mask_information=g.mask_information,
         logprob_chunk=g.logprob_chunk,
         sample_rows=min(config.log.num_samples, config.batch_size)
@@ -188,7 +188,8 @@ def search_policy(config: ml_collections.ConfigDict):
     return SearchPolicy(mode=config.rollout.mode, max_turns=s.max_turns, first_k=s.first_k,
                         entropy_rule=s.entropy_rule,
                         entropy_threshold=float(s.entropy_threshold),
-                        max_info_tokens=s.max_info_tokens)
+                        max_info_tokens=s.max_info_tokens, protocol=s.protocol,
+                        turn_tokens=s.turn_tokens)
 
 
 def search_client(config: ml_collections.ConfigDict):

@@ -50,6 +50,9 @@ class StepConfig:
     dual_clip: float | None = None
     kl_coef: float = 0.001
     kl_estimator: grpo.KLEstimator = "low_var_kl"
+    # Entropy bonus: loss − entropy_coef · (mean entropy of trained tokens), as verl's
+    # actor.entropy_coeff (Search-R1 0.001, SSRL 0).
+    entropy_coef: float = 0.0
     aggregation: grpo.Aggregation = "token-mean"
     advantage_estimator: grpo.AdvantageEstimator = "grpo"
     mask_information: bool = True
@@ -242,6 +245,11 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
             aggregation=config.aggregation, total_tokens=totals[0], total_sequences=totals[1])
         metrics["entropy"] = grpo.aggregate(entropy, micro["mask"], "token-mean",
                                             total_tokens=totals[0])
+        if config.entropy_coef:
+            loss = loss - config.entropy_coef * grpo.aggregate(
+                entropy, micro["mask"], config.aggregation, total_tokens=totals[0],
+                total_sequences=totals[1])
+            metrics["loss"] = loss
         return loss, metrics
 
     def update(params, opt_state, mini, prompt_len):

@@ -70,16 +70,50 @@ def prefill(model: Transformer, ids: jax.Array, valid: jax.Array, keys: jax.Arra
     return _constrain_state(state, model)
 
 
+def retract_last(state: DecodeState, rows: jax.Array) -> DecodeState:
+    """Takes back the last real token of each row in `rows` ([B] bool).
+
+    Its slot becomes PAD (out of the cache's validity mask, so never attended to
+    again and not counted in later positions). `last_hidden` still belongs to the
+    retracted token: the caller must append at least one token to such a row.
+    """
+    filled = state.sources != TokenSource.PAD                        # [B, S]
+    slots = jnp.arange(filled.shape[1])
+    last = jnp.max(jnp.where(filled, slots, -1), axis=1)             # [B]
+    drop = rows[:, None] & (slots[None, :] == last[:, None])        # [B, S]
+    return dataclasses.replace(
+        state,
+        cache=dataclasses.replace(state.cache, valid=state.cache.valid & ~drop),
+        logprobs=jnp.where(drop, 0.0, state.logprobs),
+        entropies=jnp.where(drop, 0.0, state.entropies),
+        sources=jnp.where(drop, jnp.int8(TokenSource.PAD), state.sources))
+
+
 def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Array,
-           resume_rows: jax.Array) -> DecodeState:
+           resume_rows: jax.Array, policy_len: jax.Array | None = None,
+           retract: jax.Array | None = None, end_rows: jax.Array | None = None
+           ) -> DecodeState:
     """Appends outside tokens (label INJECTED) and re-opens `resume_rows`.
 
     ids, valid: [B, T], each row's tokens right-aligned (rows may inject none);
     resume_rows: [B] bool. A resumed row is no longer done, and its stop
     automaton restarts so that only text generated after this point counts.
     Other rows keep their done flag (a row still running stays running).
+    retract: [B] bool, rows whose last token is taken back first (`retract_last`);
+    policy_len: [B] int, how many of a row's first appended tokens are labelled
+    POLICY rather than INJECTED (text the policy wrote, re-tokenised: a turn cut
+    right after its closing tag), with log-prob and entropy 0. end_rows: [B]
+    bool, rows still running that stop here (a turn ended by a per-turn budget).
     """
+    if retract is not None:
+        state = retract_last(state, retract)
     if ids.shape[1] > 0:
+        labels = _label(valid, TokenSource.INJECTED)
+        if policy_len is not None:
+            first = ids.shape[1] - valid.sum(axis=1, dtype=jnp.int32)  # right-aligned rows
+            rank = jnp.arange(ids.shape[1])[None, :] - first[:, None]
+            labels = jnp.where(valid & (rank < policy_len[:, None]), jnp.int8(TokenSource.POLICY),
+                               labels)
         hidden, cache = model.extend(ids, valid, state.cache)
         slot = state.cache.end
         has_tokens = valid.any(axis=1)
@@ -89,12 +123,12 @@ def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Ar
             tokens=_write(state.tokens, ids, slot),
             logprobs=_write(state.logprobs, jnp.zeros(ids.shape), slot),
             entropies=_write(state.entropies, jnp.zeros(ids.shape), slot),
-            sources=_write(state.sources, _label(valid, TokenSource.INJECTED), slot),
+            sources=_write(state.sources, labels, slot),
             last_hidden=jnp.where(has_tokens[:, None], hidden[:, -1], state.last_hidden))
     return dataclasses.replace(
         state,
         stop_state=jnp.where(resume_rows, ROOT, state.stop_state),
-        done=state.done & ~resume_rows,
+        done=(state.done if end_rows is None else state.done | end_rows) & ~resume_rows,
         finish_reason=jnp.where(resume_rows, jnp.int8(FinishReason.NONE), state.finish_reason),
         matched_stop=jnp.where(resume_rows, jnp.int8(NO_STOP), state.matched_stop))
 

@@ -54,10 +54,12 @@ def _generate(params, ids, valid, keys, stop_next, stop_completed, eos_ids, max_
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def _resume(params, state, ids, valid, resume_rows, stop_next, stop_completed, eos_ids,
-            max_new_tokens, *, graphdef, sampling, pad_id, layer_loop) -> DecodeState:
+def _resume(params, state, ids, valid, resume_rows, policy_len, retract, end_rows, stop_next,
+            stop_completed, eos_ids, max_new_tokens, *, graphdef, sampling, pad_id,
+            layer_loop) -> DecodeState:
     model = nnx.merge(graphdef, params)
-    state = decode_lib.inject(model, state, ids, valid, resume_rows)
+    state = decode_lib.inject(model, state, ids, valid, resume_rows, policy_len, retract,
+                              end_rows)
     return decode_lib.decode(model, state, sampling=sampling, stop_next=stop_next,
                              stop_completed=stop_completed, eos_ids=eos_ids,
                              max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop)
@@ -174,18 +176,35 @@ class Sampler:
     def resume(self, state: DecodeState, injected: Sequence[Sequence[int]], *,
                max_new_tokens: int, resume_rows: Sequence[bool] | None = None,
                sampling: SamplingConfig = GREEDY,
-               stop_strings: Sequence[str] = ()) -> DecodeState:
+               stop_strings: Sequence[str] = (),
+               replace_last: Sequence[Sequence[int] | None] | None = None,
+               end_rows: Sequence[bool] | None = None) -> DecodeState:
         """Appends `injected[b]` (label INJECTED) to row b's cache and decodes on.
 
         Nothing before is recomputed. resume_rows: which rows decode again
         (default: the rows that received tokens); other rows that are done stay
-        done. `state` is donated: use only the returned state afterwards.
+        done. replace_last[b] (None: keep): token ids that take the place of row
+        b's last token, labelled POLICY and placed before `injected[b]` (a turn
+        cut right after its closing tag; `[]` drops the token); such a row must
+        receive at least one token. end_rows: rows still running that stop
+        here (default none). `state` is donated: use only the returned state
+        afterwards.
         """
         batch = state.tokens.shape[0]
         if len(injected) != batch:
             raise ValueError(f"injected has {len(injected)} rows; the state has {batch}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        replace_last = [None] * batch if replace_last is None else list(replace_last)
+        if len(replace_last) != batch:
+            raise ValueError(f"replace_last has {len(replace_last)} rows; the state has {batch}")
+        retract = np.array([r is not None for r in replace_last], bool)
+        policy_len = np.array([len(r or ()) for r in replace_last], np.int32)
+        injected = [list(r or ()) + list(row) for r, row in zip(replace_last, injected)]
+        empty = [b for b in np.flatnonzero(retract) if not injected[b]]
+        if empty:
+            raise ValueError(f"replace_last: rows {empty} would lose their last token and "
+                             "receive none; give them replacement or injected tokens")
         longest = max(len(row) for row in injected)
         inject_len = 0 if longest == 0 else bucket_length(
             longest, self.inject_buckets, minimum=INJECT_MIN_BUCKET, name="inject_buckets")
@@ -201,10 +220,16 @@ class Sampler:
         if resume_rows.shape != (batch,):
             raise ValueError(f"resume_rows must have one flag per row ({batch}), "
                              f"got shape {resume_rows.shape}")
+        end_rows = np.zeros(batch, bool) if end_rows is None else np.asarray(end_rows, bool)
+        if end_rows.shape != (batch,):
+            raise ValueError(f"end_rows must have one flag per row ({batch}), "
+                             f"got shape {end_rows.shape}")
         stop_next, stop_completed = self._device_stop_table(stop_strings)
         with self._mesh_context():
             return _resume(self.params, state, self._batch(ids), self._batch(valid),
-                           self._batch(resume_rows), stop_next, stop_completed,
+                           self._batch(resume_rows), self._batch(policy_len),
+                           self._batch(retract), self._batch(end_rows), stop_next,
+                           stop_completed,
                            self._device_eos_ids(), jnp.int32(max_new_tokens),
                            graphdef=self.graphdef, sampling=sampling, pad_id=self.pad_id,
                            layer_loop=self.layer_loop)

@@ -30,6 +30,16 @@ restarts its stop automaton, so only new text can stop it again. A failed search
 policy ``fallback``) is left to the model the same way and counted. Once no live row can
 have another real search, ``</search>`` is dropped from the stop strings.
 
+A real search's turn ends exactly at ``</search>``: bytes the tag's last token carried past it
+(a BPE token such as ``>\n\n``) are dropped, the kept bytes re-tokenised in the token's place
+(label POLICY), as Search-R1 cuts and re-tokenises its turns (``turns.py``).
+
+``SearchPolicy.protocol="search_r1"`` runs Search-R1's own agent loop instead
+(``search_r1_loop.py``): a turn ends at ``</search>``, ``</answer>``, EOS or ``turn_tokens``;
+its first complete ``<search>``/``<answer>`` is its action; an answer ends the row, an invalid
+action is answered with Search-R1's feedback text, and after ``max_turns`` action turns one
+last turn without search ends the row.
+
 Budgets: rows decode in lockstep, so ``max_new_tokens`` bounds the decode steps of all calls
 together (each row writes at most that many tokens). The cache holds
 ``prompt bucket + max_new_tokens + rounds × injection bucket`` slots, with room for
@@ -51,13 +61,15 @@ import numpy as np
 from ssrl_jax.sampler.buckets import bucket_length
 from ssrl_jax.sampler.sources import FinishReason, TokenSource
 from ssrl_jax.sampler.state import DecodeState
+from ssrl_jax.search.turns import CUT_ROOM, INVALID_ACTION_OBSERVATION, kept_bytes, retokenize
 
-__all__ = ["ENTROPY_RULES", "INFO_PREFIX", "INFO_SUFFIX", "MODES", "QueryRecord",
+__all__ = ["ENTROPY_RULES", "INFO_PREFIX", "INFO_SUFFIX", "MODES", "PROTOCOLS", "QueryRecord",
            "SEARCH_STOP", "SearchPolicy", "SearchRollout", "injection_rounds", "last_query",
            "query_entropy", "search_rollout", "wants_real"]
 
 MODES = ("self", "real", "first_k_real", "entropy_guided")
 ENTROPY_RULES = ("rise", "threshold")
+PROTOCOLS = ("free", "search_r1")
 SEARCH_OPEN, SEARCH_STOP = b"<search>", "</search>"
 INFO_PREFIX, INFO_SUFFIX = "\n\n<information>", "</information>\n\n"
 
@@ -74,6 +86,9 @@ class SearchPolicy:
     entropy_rule: str = "rise"    # entropy_guided: "rise" or "threshold"
     entropy_threshold: float = 0.0
     max_info_tokens: int = 500    # document tokens injected per search (Search-R1: 500)
+    # free: a row runs to EOS, searches stop it; search_r1: Search-R1's agent loop.
+    protocol: str = "free"
+    turn_tokens: int = 0          # search_r1: policy tokens per turn at most (0: no cap)
 
     def __post_init__(self):
         def need(ok, field, allowed):
@@ -89,6 +104,9 @@ class SearchPolicy:
              and math.isfinite(self.entropy_threshold), "entropy_threshold", "a finite number")
         need(isinstance(self.max_info_tokens, int) and self.max_info_tokens >= 1,
              "max_info_tokens", "an integer >= 1")
+        need(self.protocol in PROTOCOLS, "protocol", f"one of {PROTOCOLS}")
+        need(isinstance(self.turn_tokens, int) and self.turn_tokens >= 0, "turn_tokens",
+             "an integer >= 0")
 
     @property
     def real_limit(self) -> int:
@@ -99,8 +117,10 @@ class SearchPolicy:
 
 
 def injection_rounds(policy: SearchPolicy) -> int:
-    """Turns with injected documents the cache has room for (see the module docstring)."""
-    return policy.real_limit
+    """Turns with injected documents the cache has room for (see the module docstring).
+
+    The search_r1 loop injects (documents or feedback) at most once per action turn."""
+    return policy.max_turns if policy.protocol == "search_r1" else policy.real_limit
 
 
 def wants_real(policy: SearchPolicy, *, search_index: int, real_count: int, entropy: float,
@@ -156,7 +176,8 @@ class SearchRollout:
     """The trajectories ([N, S] slots as in `DecodeState`) and per-row search counts.
 
     real / failed / dropped count the searches the loop decided on; self_searches is every
-    other ``</search>`` the row wrote (self-written information, also in ``self`` mode).
+    other ``</search>`` the row wrote (self-written information, also in ``self`` mode);
+    invalid_actions: turns answered with the invalid-action feedback (search_r1 protocol).
     """
 
     state: DecodeState
@@ -164,6 +185,7 @@ class SearchRollout:
     self_searches: np.ndarray     # [N] int
     failed_searches: np.ndarray   # [N] int
     dropped_searches: np.ndarray  # [N] int
+    invalid_actions: np.ndarray   # [N] int
     queries: list[list[QueryRecord]]
     turns: int                    # sampler calls
     decode_steps: int             # decode iterations of all calls
@@ -174,6 +196,7 @@ class SearchRollout:
                 "self_searches": float(self.self_searches.mean()),
                 "failed_searches": float(self.failed_searches.mean()),
                 "dropped_searches": float(self.dropped_searches.mean()),
+                "invalid_actions": float(self.invalid_actions.mean()),
                 "search_turns": float(self.turns),
                 "decode_steps": float(self.decode_steps)}
 
@@ -195,6 +218,12 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
     extra stops (e.g. ``</answer>``) that end a row. cache_len: default
     `rollout_cache_len(...)`.
     """
+    if policy.protocol == "search_r1":
+        from ssrl_jax.search.search_r1_loop import search_r1_rollout
+
+        return search_r1_rollout(sampler, prompts, policy=policy, client=client, encode=encode,
+                                 max_new_tokens=max_new_tokens, sampling=sampling, keys=keys,
+                                 seed=seed, stop_strings=stop_strings, cache_len=cache_len)
     token_bytes = sampler.token_bytes
     if token_bytes is None:
         raise ValueError("search_rollout needs a Sampler built with tokenizer= or token_bytes=")
@@ -244,6 +273,7 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
                 real_rows.append(b)
                 real_queries.append(query)
         injected: list[list[int]] = [[] for _ in range(n)]
+        replace: list[list[int] | None] = [None] * n
         outcome = {b: "self" for b in stopped}
         if real_rows and rounds >= injection_rounds(policy):
             for b in real_rows:
@@ -259,6 +289,8 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
                 outcome[b] = "real"
                 real[b] += 1
                 injected[b] = prefix + encode(result.text)[:policy.max_info_tokens] + suffix
+                replace[b] = cut_at_tag(tokens[b], sources[b], token_bytes, encode,
+                                        (SEARCH_STOP,))
         for b in stopped:
             queries[b].append(QueryRecord(records[b][0], records[b][1], outcome[b]))
         resume = np.zeros(n, bool)
@@ -267,7 +299,8 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
         searching = bool(np.any(live & (real < policy.real_limit)))
         stops = ((SEARCH_STOP,) + extra_stops) if searching else extra_stops
         state = sampler.resume(state, injected, max_new_tokens=max_new_tokens - steps,
-                               resume_rows=resume, sampling=sampling, stop_strings=stops)
+                               resume_rows=resume, sampling=sampling, stop_strings=stops,
+                               replace_last=replace)
         steps += int(state.num_steps)
         turns += 1
 
@@ -277,16 +310,39 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
                         .count(close) for b in range(n)])
     return SearchRollout(state=state, real_searches=real,
                          self_searches=np.maximum(written - real - failed - dropped, 0),
-                         failed_searches=failed, dropped_searches=dropped, queries=queries,
+                         failed_searches=failed, dropped_searches=dropped,
+                         invalid_actions=np.zeros(n, np.int64), queries=queries,
                          turns=turns, decode_steps=steps)
 
 
+def cut_at_tag(tokens: np.ndarray, sources: np.ndarray, token_bytes: Sequence[bytes],
+               encode: Encode, tags: Sequence[str]) -> list[int] | None:
+    """The ids that replace a row's last token so that its text ends right at a tag (see
+    `turns.kept_bytes`), or None to keep the token (nothing past the tag, or no exact
+    re-tokenisation). tokens, sources: [S], one row."""
+    slots = _response(tokens, sources)
+    if slots.size == 0:
+        return None
+    ids = tokens[slots]
+    text = b"".join(token_bytes[t] for t in ids)
+    last = token_bytes[ids[-1]]
+    keep = kept_bytes(text, len(last), tags)
+    return None if keep is None else retokenize(last[:keep], encode, token_bytes)
+
+
 def injection_bucket(sampler: Any, policy: SearchPolicy, encode: Encode) -> int:
-    """Slots one injection takes at most (the sampler pads injections to its buckets)."""
+    """Slots one injection takes at most (the sampler pads injections to its buckets): the
+    documents or the feedback text, after the tokens of a cut turn's last token."""
     longest = len(encode(INFO_PREFIX)) + policy.max_info_tokens + len(encode(INFO_SUFFIX))
+    if policy.protocol == "search_r1":
+        longest = max(longest, len(encode(INVALID_ACTION_OBSERVATION)))
+    return _bucket(sampler, longest + CUT_ROOM)
+
+
+def _bucket(sampler: Any, length: int) -> int:
     from ssrl_jax.sampler.sampler import INJECT_MIN_BUCKET
 
-    return bucket_length(longest, sampler.inject_buckets, minimum=INJECT_MIN_BUCKET,
+    return bucket_length(length, sampler.inject_buckets, minimum=INJECT_MIN_BUCKET,
                          name="inject_buckets")
 
 
@@ -296,5 +352,7 @@ def rollout_cache_len(sampler: Any, prompts: Sequence[Sequence[int]], *, policy:
     prompt_len = bucket_length(max(len(p) for p in prompts), sampler.prompt_buckets,
                                name="prompt_buckets")
     room = injection_rounds(policy) * injection_bucket(sampler, policy, encode) \
-        if policy.real_limit else 0
+        if policy.real_limit or policy.protocol == "search_r1" else 0
+    if policy.protocol == "search_r1":  # the last turn's cut, nothing injected after it
+        room += _bucket(sampler, CUT_ROOM)
     return prompt_len + max_new_tokens + room

@@ -88,6 +88,22 @@ def test_five_steps_compile_once_with_kl_and_micro_batches(compile_counter):
     assert float(metrics["response_length"]) > 0
 
 
+def test_entropy_bonus_is_subtracted_from_the_loss():
+    """grpo.entropy_coef (Search-R1's entropy_coeff): loss = GRPO loss − coef · mean entropy
+    of the trained tokens, and its gradient enters the update."""
+    batch = make_batch(np.random.RandomState(3))
+    results = {}
+    for coef in (0.0, 0.5):
+        step, state = build(step_config(entropy_coef=coef))
+        _, metrics = step(state, batch, jax.random.key(5))
+        results[coef] = jax.device_get(metrics)
+    plain, bonus = results[0.0], results[0.5]
+    np.testing.assert_allclose(float(plain["entropy"]), float(bonus["entropy"]), rtol=1e-6)
+    np.testing.assert_allclose(float(bonus["loss"]),
+                               float(plain["loss"]) - 0.5 * float(plain["entropy"]), rtol=1e-5)
+    assert abs(float(bonus["grad_norm"]) - float(plain["grad_norm"])) > 1e-4
+
+
 def test_micro_batching_gives_the_same_update():
     rng = np.random.RandomState(2)
     batch = make_batch(rng)

@@ -170,6 +170,32 @@ def test_inject_and_resume_equal_a_fresh_prefill(model, sampler):
         np.testing.assert_array_equal(row.sources[-12:], TokenSource.POLICY)
 
 
+def test_replace_last_takes_back_a_token_as_if_never_written(model, sampler):
+    state = sampler.generate(PROMPTS, max_new_tokens=6, cache_len=CACHE_LEN)
+    before = row_outputs(state)
+    # Row 0: its last token becomes two POLICY tokens; row 1: dropped, then tokens injected;
+    # row 2: kept, tokens injected; row 3: untouched.
+    replace = [[11, 12], [], None, None]
+    injected = [[30], [31, 32], [33], []]
+    state = sampler.resume(state, injected, max_new_tokens=0, replace_last=replace,
+                           resume_rows=[True] * 4)
+    rows = row_outputs(state)
+    for row, old, new, extra in zip(rows, before, replace, injected):
+        kept = old.tokens if new is None else old.tokens[:-1]
+        np.testing.assert_array_equal(row.tokens, np.concatenate([kept, new or [], extra]))
+        labels = [TokenSource.POLICY] * len(new or []) + [TokenSource.INJECTED] * len(extra)
+        np.testing.assert_array_equal(row.sources[len(kept):], labels)
+    # The taken-back slot is out of the cache: next-token logits and positions equal a full
+    # forward over the compacted rows.
+    resumed = np.asarray(sampler_model(sampler).logits(state.last_hidden))
+    full = forward_logits(model, rows)
+    last = np.array([len(r.tokens) - 1 for r in rows])
+    np.testing.assert_allclose(resumed, full[np.arange(4), last], atol=1e-4)
+    with pytest.raises(ValueError, match="rows \\[0\\] would lose their last token"):
+        sampler.resume(state, [[], [], [], []], max_new_tokens=0, replace_last=[[], None, None,
+                                                                                 None])
+
+
 def _stop_inside(row_bytes, first, last):
     """A stop string from inside token `first` to inside token `last` (valid UTF-8)."""
     for cut_start in range(1, len(row_bytes[first]) + 1):

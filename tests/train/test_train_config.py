@@ -34,6 +34,42 @@ def test_paper_configs_carry_the_spec_settings():
     assert c.mesh.fsdp * c.mesh.tensor * c.mesh.data == 64
 
 
+def test_search_r1_config_is_search_r1s_train_grpo_sh():
+    """Each value against Search-R1's train_grpo.sh / verl ppo_trainer.yaml (docs/search.md)."""
+    from ssrl_jax.trainer import search_policy, step_config
+
+    c = load("search_r1")
+    responses = c.batch_size * c.rollout.group_size
+    assert (c.batch_size, c.rollout.group_size, responses) == (512, 5, 2560)
+    # ppo_mini_batch_size=256 responses -> 10 optimizer updates per step, one PPO epoch.
+    assert (responses // c.grpo.num_mini_batches, c.grpo.ppo_epochs) == (256, 1)
+    assert (c.optim.learning_rate, c.optim.schedule, c.total_steps) == (1e-6, "constant", 1005)
+    assert round(c.optim.warmup_ratio * c.total_steps) == int(0.285 * 1005) == 286
+    assert (c.optim.max_grad_norm, c.optim.weight_decay, c.optim.b1, c.optim.b2) == (
+        1.0, 0.01, 0.9, 0.999)
+    assert c.grpo.format_weight == 0.0 and c.grpo.reward == "ssrl"  # EM only
+    assert (c.grpo.kl_coef, c.grpo.kl_estimator, c.grpo.clip_low, c.grpo.clip_high) == (
+        0.001, "low_var_kl", 0.2, 0.2)
+    assert (c.grpo.entropy_coef, c.grpo.advantage_estimator, c.grpo.mask_information) == (
+        0.001, "grpo", True)
+    assert (c.rollout.temperature, c.rollout.top_p, c.rollout.top_k) == (1.0, 0.95, 0)
+    assert (c.data.max_prompt_tokens, c.search.max_info_tokens, c.search.topk) == (2048, 500, 3)
+    policy = search_policy(c)
+    assert (policy.mode, policy.protocol, policy.max_turns, policy.turn_tokens) == (
+        "real", "search_r1", 2, 500)
+    assert c.rollout.max_new_tokens == (policy.max_turns + 1) * policy.turn_tokens
+    step = step_config(c, (1,), 0)
+    assert (step.num_mini_batches, step.entropy_coef, step.sampling.top_p) == (10, 0.001, 0.95)
+    assert not step.single_update  # old log-probs are computed: the PPO ratio moves
+
+
+def test_search_protocol_needs_a_real_search_mode():
+    c = load("smoke")
+    c.search.protocol = "search_r1"
+    with pytest.raises(tc.ConfigFieldError, match="config.search.protocol='search_r1' applies"):
+        tc.validate(c)
+
+
 @pytest.mark.parametrize("field, value, expected", [
     ("rollout.top_p", 1.5, "config.rollout.top_p=1.5 is not allowed: expected a number > 0.0"),
     ("grpo.kl_estimator", "k4", "expected one of ('k1', 'k2', 'k3', 'low_var_kl')"),
@@ -47,6 +83,9 @@ def test_paper_configs_carry_the_spec_settings():
     ("grpo.dual_clip", 0.5, "0 (off) or a number > 1"),
     ("optim.schedule", "linear", "expected one of ('constant', 'cosine')"),
     ("log.num_samples", -1, "config.log.num_samples=-1 is not allowed: expected an integer >= 0"),
+    ("search.protocol", "agent", "expected one of ('free', 'search_r1')"),
+    ("search.turn_tokens", -1, "config.search.turn_tokens=-1"),
+    ("grpo.entropy_coef", -0.1, "config.grpo.entropy_coef=-0.1"),
 ])
 def test_bad_field_is_named(field, value, expected):
     c = load("smoke")
