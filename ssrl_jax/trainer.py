@@ -182,7 +182,8 @@ def search_client(config: ml_collections.ConfigDict):
     try:
         return SearchClient(s.url, topk=s.topk, timeout_s=s.timeout_s, max_retries=s.max_retries,
                             on_failure=s.on_failure, batch_size=s.batch_size,
-                            max_concurrency=s.max_concurrency)
+                            max_concurrency=s.max_concurrency,
+                            max_consecutive_failures=s.max_consecutive_failures)
     except Exception as error:  # noqa: BLE001 - a bad URL is reported as a config error
         raise tc.ConfigFieldError(f"config.search.url={s.url!r}: {error}") from error
 
