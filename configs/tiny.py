@@ -6,6 +6,13 @@ not with which questions were drawn.
 
     python -m ssrl_jax.train --config configs/tiny.py
 
+The same with real search (Search-R1 style) against a BM25 server over the toy corpus
+(docs/search.md, "The tiny config with real search"):
+
+    python -m ssrl_jax.search.index --corpus ssrl_jax/assets/toyworld/corpus.jsonl --out /tmp/toy_bm25
+    python -m ssrl_jax.search.server --index /tmp/toy_bm25 --port 8000 &
+    python -m ssrl_jax.train --config configs/tiny.py:real
+
 configs/toyworld.py trains on all 189 training questions (the run docs/toyworld.md measures);
 configs/smoke.py is a random model that only shows the pipeline runs.
 """
@@ -13,8 +20,20 @@ configs/smoke.py is a random model that only shows the pipeline runs.
 from ssrl_jax.toyworld import assets_dir
 from ssrl_jax.toyworld.config import toyworld_config
 
+VARIANTS = ("", "real")
 
-def get_config():
+
+def get_config(variant: str = ""):
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/tiny.py:{variant}: unknown variant; use configs/tiny.py or "
+                         "configs/tiny.py:real")
     c = toyworld_config(steps=10)
     c.data.train_files = str(assets_dir() / "quickstart.jsonl")
+    if variant == "real":
+        c.rollout.mode = "real"
+        c.search.url = "http://127.0.0.1:8000/retrieve"
+        # Two injections of up to 500 tokens widen each row from 392 to 1,416 slots; one
+        # micro-batch of all 64 responses would need ~25 GB for the learn program's attention.
+        # 16 micro-batches of 4 need ~1.5 GB (docs/search.md, "Memory").
+        c.grpo.num_micro_batches = 16
     return c

@@ -118,6 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.search.on_failure = "fail"  # fail: the step fails; fallback: the model writes the info
     c.search.batch_size = 32      # queries per request
     c.search.max_concurrency = 4
+    # fallback only: this many failed request batches in a row stop the run (0: never)
+    c.search.max_consecutive_failures = 32
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6
@@ -256,6 +258,7 @@ _CHECKS: dict[str, Check] = {
     "search.on_failure": _one_of(SEARCH_FAILURE_POLICIES),
     "search.batch_size": _int(1),
     "search.max_concurrency": _int(1),
+    "search.max_consecutive_failures": _int(0),
     "optim.learning_rate": _number(0.0, open_low=True),
     "optim.warmup_ratio": _number(0.0, 1.0),
     "optim.schedule": _one_of(LR_SCHEDULES),

@@ -202,7 +202,8 @@ def search_client(config: ml_collections.ConfigDict):
     try:
         return SearchClient(s.url, topk=s.topk, timeout_s=s.timeout_s, max_retries=s.max_retries,
                             on_failure=s.on_failure, batch_size=s.batch_size,
-                            max_concurrency=s.max_concurrency)
+                            max_concurrency=s.max_concurrency,
+                            max_consecutive_failures=s.max_consecutive_failures)
     except Exception as error:  # noqa: BLE001 - a bad URL is reported as a config error
         raise tc.ConfigFieldError(f"config.search.url={s.url!r}: {error}") from error
 
@@ -217,12 +218,21 @@ def make_host_step(config, graphdef, state, eos_ids, pad_id, tokenizer, vocab_si
             f"config.rollout.mode={config.rollout.mode!r} / config.grpo.reward="
             f"{config.grpo.reward!r}: the host-driven step runs on one host; multi-host runs "
             "support rollout.mode='self' with grpo.reward='ssrl' only")
-    return HostStep(graphdef=graphdef, config=step_config(config, eos_ids, pad_id),
+    from ssrl_jax.search.memory import MemoryPlanError
+
+    step = HostStep(graphdef=graphdef, config=step_config(config, eos_ids, pad_id),
                     token_bytes=token_bytes(tokenizer, vocab_size), optimizer=optimizer,
                     policy=search_policy(config), client=search_client(config),
                     tokenizer=tokenizer, params=state.params, prompt_len=prompt_len, mesh=mesh,
                     reward=config.grpo.reward, format_weight=config.grpo.format_weight,
                     format_rule=config.grpo.format_rule, rules=rules, state_sharding=state_sharding)
+    try:  # compiles the learn program now and refuses a step that cannot fit in memory
+        step.prepare(state, config.batch_size * config.rollout.group_size)
+    except MemoryPlanError as error:
+        if step.client is not None:
+            step.client.close()
+        raise tc.ConfigFieldError(str(error)) from error
+    return step
 
 
 def save_tokenizer(tokenizer: Any, workdir: epath.Path) -> epath.Path:

@@ -3,11 +3,15 @@
 
 ``SearchClient.search(queries) -> list[SearchResult]`` sends the queries it has not cached in
 batches, several batches at once, each with a timeout and retries with exponential back-off on
-connection errors, timeouts, 429 and 5xx (never on other 4xx: the same request would fail
-again). When a batch still fails, the failure policy decides: ``"fail"`` raises ``SearchError``
-(naming the URL and the cause) and the training step fails; ``"fallback"`` returns results with
-``failed=True`` so the caller keeps the model's own information. ``counters()`` gives the
-numbers for the training metrics.
+transient failures: connection errors, timeouts, 408, 429 and 5xx. When a batch still fails,
+the failure policy decides: ``"fail"`` raises ``SearchError`` (naming the URL and the cause) and
+the training step fails; ``"fallback"`` returns results with ``failed=True`` so the caller keeps
+the model's own information. A permanent failure — any other 4xx (bad request, 404, 413, 422)
+or a 200 that is not Search-R1's response — always raises ``SearchError`` with the URL, status
+and body: the same request would fail again, so falling back would only hide a wrong URL or
+a server that refuses what we send. Under ``"fallback"``, ``max_consecutive_failures`` failed
+batches in a row also raise: the retriever is down, and a run that silently trains without it
+is not the run that was asked for. ``counters()`` gives the numbers for the training metrics.
 
 ``format_documents(hits)`` is the text the model sees inside ``<information>`` (SPEC §7).
 """
@@ -99,7 +103,14 @@ def parse_response(payload: Any, num_queries: int) -> list[tuple[Hit, ...]]:
 
 
 class _BatchFailed(Exception):
-    pass
+    """A transient failure that outlived its retries."""
+
+
+class _PermanentFailure(Exception):
+    """An answer that retrying or falling back cannot fix (4xx other than 408/429, bad 200)."""
+
+
+TRANSIENT_4XX = (408, 429)
 
 
 class _LRU:
@@ -155,6 +166,8 @@ class SearchClient:
       on_failure: ``"fail"`` raises ``SearchError``; ``"fallback"`` returns failed results.
       max_query_chars: longer queries are cut to this many characters (keep it within the
         server's ``--max-query-chars``) rather than failing their whole batch.
+      max_consecutive_failures: under ``"fallback"``, this many failed batches in a row (across
+        calls; an answered batch resets the count) raise ``SearchError``; 0: never.
 
     Use from several threads at once is safe. Close it (or use ``with``) to free the threads.
     """
@@ -173,6 +186,7 @@ class SearchClient:
         cache_size: int = 100_000,
         on_failure: str = "fail",
         max_query_chars: int = 2048,
+        max_consecutive_failures: int = 32,
     ):
         if on_failure not in FAILURE_POLICIES:
             raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}, got {on_failure!r}")
@@ -181,7 +195,8 @@ class SearchClient:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         for name, value in (("timeout_s", timeout_s), ("max_retries", max_retries), ("backoff_s", backoff_s),
-                            ("max_backoff_s", max_backoff_s), ("cache_size", cache_size)):
+                            ("max_backoff_s", max_backoff_s), ("cache_size", cache_size),
+                            ("max_consecutive_failures", max_consecutive_failures)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         parsed = httpx.URL(url)
@@ -193,6 +208,8 @@ class SearchClient:
         self.batch_size = batch_size
         self.on_failure = on_failure
         self.max_query_chars = max_query_chars
+        self.max_consecutive_failures = max_consecutive_failures
+        self._consecutive_failures = 0
         self._cache = _LRU(cache_size)
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._lock = threading.Lock()
@@ -225,7 +242,8 @@ class SearchClient:
 
     # -- search ----------------------------------------------------------------------------
     def _fetch(self, batch: list[str]) -> list[tuple[Hit, ...]]:
-        """Hits for each query of ``batch``; ``_BatchFailed`` once the attempts are spent."""
+        """Hits for each query of ``batch``; ``_BatchFailed`` once the attempts are spent,
+        ``_PermanentFailure`` at once for an answer that no retry can change."""
         payload = {"queries": batch, "topk": self.topk, "return_scores": True}
         cause = "no attempt made"
         for attempt in range(self.max_retries + 1):
@@ -238,15 +256,16 @@ class SearchClient:
             except httpx.TransportError as e:  # connection refused / reset, timeouts
                 cause = f"{type(e).__name__}: {e}"
                 continue
-            if response.status_code >= 500 or response.status_code == 429:
+            if response.status_code >= 500 or response.status_code in TRANSIENT_4XX:
                 cause = _detail(response)
                 continue
             if response.status_code >= 400:
-                raise _BatchFailed(f"{_detail(response)} (not retried)")
+                raise _PermanentFailure(f"{_detail(response)} (not retried: a permanent refusal)")
             try:
                 return parse_response(response.json(), len(batch))
             except ValueError as e:
-                raise _BatchFailed(f"malformed response: {e}") from None
+                raise _PermanentFailure(f"HTTP {response.status_code} with a malformed response: {e}; "
+                                        "is this a Search-R1 /retrieve endpoint?") from None
         raise _BatchFailed(f"{cause} (after {self.max_retries + 1} attempts)")
 
     def _prepare(self, query: str) -> str:
@@ -272,28 +291,41 @@ class SearchClient:
             outcomes = [self._outcome(batches[0])]
         else:
             outcomes = list(self._pool.map(self._outcome, batches))
-        errors = []
-        for batch, outcome in zip(batches, outcomes):
-            if isinstance(outcome, str):
-                errors.append(outcome)
-                answers.update((q, SearchResult(q, failed=True, error=outcome)) for q in batch)
-                continue
-            for q, hits in zip(batch, outcome):
-                self._cache.put((q, self.topk), hits)
-                answers[q] = SearchResult(q, hits)
+        errors, permanent = [], []
+        with self._lock:
+            for batch, outcome in zip(batches, outcomes):
+                if isinstance(outcome, list):
+                    self._consecutive_failures = 0
+                    for q, hits in zip(batch, outcome):
+                        self._cache.put((q, self.topk), hits)
+                        answers[q] = SearchResult(q, hits)
+                    continue
+                self._consecutive_failures += 1
+                (permanent if isinstance(outcome, _PermanentFailure) else errors).append(str(outcome))
+                answers.update((q, SearchResult(q, failed=True, error=str(outcome))) for q in batch)
+            consecutive = self._consecutive_failures
 
         failed = sum(1 for q in prepared if answers[q].failed)
         self._count("failures", failed)
+        where = f"search at {self.url} failed for {failed} of {len(prepared)} queries"
+        if permanent:
+            hint = ("; on_failure='fallback' covers only transient failures: fix the request or the "
+                    "URL" if self.on_failure == "fallback" else "")
+            raise SearchError(f"{where}: {permanent[0]}{hint}")
         if failed and self.on_failure == "fail":
-            raise SearchError(f"search at {self.url} failed for {failed} of {len(prepared)} queries: {errors[0]}")
+            raise SearchError(f"{where}: {errors[0]}")
+        if failed and 0 < self.max_consecutive_failures <= consecutive:
+            raise SearchError(f"{where}: {consecutive} request batches in a row failed (limit "
+                              f"search.max_consecutive_failures={self.max_consecutive_failures}); "
+                              f"the retriever looks down, last error: {errors[-1]}")
         return [replace(answers[p], query=q) for q, p in zip(queries, prepared)]
 
-    def _outcome(self, batch: list[str]) -> list[tuple[Hit, ...]] | str:
-        """The batch's hits, or the failure's cause as a string."""
+    def _outcome(self, batch: list[str]) -> list[tuple[Hit, ...]] | Exception:
+        """The batch's hits, or the failure."""
         try:
             return self._fetch(batch)
-        except _BatchFailed as e:
-            return str(e)
+        except (_BatchFailed, _PermanentFailure) as e:
+            return e
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

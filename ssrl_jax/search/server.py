@@ -10,23 +10,30 @@
   str}, ...], ...]}``.
 
 One list per query, in request order, best first, at most ``topk`` long (shorter when fewer
-documents match). ``topk`` missing or null means the server's ``--topk``. ``GET /health`` →
-``{"status": "ok", "documents": N, "kind": "bm25" | "dense"}``.
+documents match). Every request Search-R1's own client sends is answered as Search-R1's server
+answers it (docs/search.md has the table): ``{"queries": []}`` gets ``{"result": []}``; an empty
+query is searched like any other (BM25: no terms, no documents; dense: the embedding of the
+empty query, ``topk`` documents); ``topk`` missing, null or 0 means the server's ``--topk``; a
+query longer than ``max_query_chars`` is cut to that length (as a dense encoder truncates its
+input) rather than refused. ``GET /health`` → ``{"status": "ok", "documents": N, "kind": "bm25" |
+"dense", "limits": {...}}``.
 
 Bad requests get a 4xx JSON ``{"detail": "..."}`` that says what is wrong and the limit: 400 for
-a body that is not a JSON object, 422 for a field of the wrong type or value (an empty query,
-``topk`` out of ``[1, max_topk]``), 413 for too many queries, a query over ``max_query_chars``
-characters, or a body over ``max_body_bytes``.
+a body that is not a JSON object, 422 for a field of the wrong type or value (``topk`` negative or
+over ``max_topk``), 413 for more than ``max_queries`` queries or a body over ``max_body_bytes``,
+408 (and the connection closed) for a body that does not arrive within ``body_timeout_s``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
 import sys
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +50,20 @@ log = logging.getLogger("ssrl_jax.search.server")
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits of ``/retrieve``."""
+    """Per-request limits of ``/retrieve``.
 
-    max_queries: int = 256
+    ``max_queries`` covers Search-R1's largest request (its client sends one query per searching
+    row of a rollout batch: 512 prompts × 5 responses = 2,560); ``max_body_bytes`` holds that
+    many queries of ``max_query_chars``; ``body_timeout_s`` bounds how long a request body may
+    take to arrive, so a stalled client cannot hold a connection open.
+    """
+
+    max_queries: int = 4096
     max_query_chars: int = 2048
     max_topk: int = 100
     default_topk: int = 3
-    max_body_bytes: int = 4 << 20
+    max_body_bytes: int = 32 << 20
+    body_timeout_s: float = 30.0
 
     def __post_init__(self):
         for name in ("max_queries", "max_query_chars", "max_topk", "max_body_bytes"):
@@ -57,6 +71,8 @@ class Limits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.default_topk <= self.max_topk:
             raise ValueError(f"default_topk must be in [1, {self.max_topk}], got {self.default_topk}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
 
 
 class RequestError(Exception):
@@ -74,7 +90,9 @@ def _type_name(value: Any) -> str:
 
 def parse_request(body: bytes, limits: Limits) -> tuple[list[str], int, bool]:
     """Validates a ``/retrieve`` body; returns ``(queries, topk, return_scores)`` or raises
-    ``RequestError``. Unknown keys are ignored, as pydantic does in Search-R1's server."""
+    ``RequestError``. Unknown keys are ignored, as pydantic does in Search-R1's server; what
+    Search-R1's server accepts is accepted (module docstring), queries cut to
+    ``max_query_chars``."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -88,27 +106,21 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], int, bool]:
     if not isinstance(queries, list):
         what = "missing" if "queries" not in payload else f"a {_type_name(queries)}"
         raise RequestError(422, f"'queries' must be a list of strings, got {what}")
-    if not queries:
-        raise RequestError(422, "'queries' is empty; send at least one query")
     if len(queries) > limits.max_queries:
         raise RequestError(413, f"too many queries: {len(queries)}; the limit is {limits.max_queries} per request")
     for i, q in enumerate(queries):
         if not isinstance(q, str):
             raise RequestError(422, f"queries[{i}] must be a string, got {_type_name(q)}")
-        if not q.strip():
-            raise RequestError(422, f"queries[{i}] is empty")
-        if len(q) > limits.max_query_chars:
-            raise RequestError(
-                413, f"queries[{i}] has {len(q)} characters; the limit is {limits.max_query_chars}"
-            )
+    queries = [q[: limits.max_query_chars] for q in queries]
 
     topk = payload.get("topk")
-    if topk is None:
-        topk = limits.default_topk
-    elif isinstance(topk, bool) or not isinstance(topk, int):
+    if isinstance(topk, bool) or not (topk is None or isinstance(topk, int)):
         raise RequestError(422, f"'topk' must be an integer, got {_type_name(topk)}")
+    if not topk:  # null or 0: the server's default, as Search-R1's `if not request.topk`
+        topk = limits.default_topk
     elif not 1 <= topk <= limits.max_topk:
-        raise RequestError(422, f"'topk' must be between 1 and {limits.max_topk}, got {topk}")
+        raise RequestError(422, f"'topk' must be 0 (the default, {limits.default_topk}) or between 1 and "
+                                f"{limits.max_topk}, got {topk}")
 
     return_scores = payload.get("return_scores", False)
     if not isinstance(return_scores, bool):
@@ -123,17 +135,31 @@ def format_result(hits: list[list[Hit]], return_scores: bool) -> dict[str, Any]:
     return {"result": [[h.document() for h in row] for row in hits]}
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to pass ``max_bytes``."""
+class BodyTimeout(RequestError):
+    """The body did not arrive in time: 408, and the connection is closed."""
+
+
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``max_bytes``, and with 408
+    when all of it has not arrived ``timeout_s`` after the headers."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(413, f"the body has {declared} bytes; the limit is {max_bytes}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestError(413, f"the body has more than {max_bytes} bytes; the limit is {max_bytes}")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestError(413, f"the body has more than {max_bytes} bytes; the limit is {max_bytes}")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise BodyTimeout(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes "
+                               "received); the connection is closed") from None
     return b"".join(chunks)
 
 
@@ -145,24 +171,28 @@ def create_app(
     max_topk: int = Limits.max_topk,
     default_topk: int = Limits.default_topk,
     max_body_bytes: int = Limits.max_body_bytes,
+    body_timeout_s: float = Limits.body_timeout_s,
 ) -> FastAPI:
     """A FastAPI app serving ``retriever`` at ``POST /retrieve`` and ``GET /health``."""
-    limits = Limits(max_queries, max_query_chars, max_topk, default_topk, max_body_bytes)
+    limits = Limits(max_queries, max_query_chars, max_topk, default_topk, max_body_bytes, body_timeout_s)
     app = FastAPI(title="ssrl_jax retriever", docs_url=None, redoc_url=None)
     app.state.retriever = retriever
     app.state.limits = limits
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": e.detail}, status_code=e.status)
+        # A half-read body leaves the connection unusable: close it (uvicorn honours the header).
+        headers = {"connection": "close"} if isinstance(e, BodyTimeout) else None
+        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "documents": retriever.num_documents, "kind": retriever.kind}
+        return {"status": "ok", "documents": retriever.num_documents, "kind": retriever.kind,
+                "limits": dataclasses.asdict(limits)}
 
     @app.post("/retrieve")
     async def retrieve(request: Request) -> JSONResponse:
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await _read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         queries, topk, return_scores = parse_request(body, limits)
         try:
             # Retrieval is CPU-bound: run it on the worker threads, not on the event loop.
@@ -191,9 +221,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--topk", type=int, default=Limits.default_topk, help="topk when a request sends none")
     p.add_argument("--max-queries", type=int, default=Limits.max_queries, help="queries per request")
-    p.add_argument("--max-query-chars", type=int, default=Limits.max_query_chars, help="characters per query")
+    p.add_argument("--max-query-chars", type=int, default=Limits.max_query_chars,
+                   help="characters per query; longer queries are cut to this length")
     p.add_argument("--max-topk", type=int, default=Limits.max_topk)
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    p.add_argument("--body-timeout", type=float, default=Limits.body_timeout_s,
+                   help="seconds a request body may take to arrive (408 and the connection closed after)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5,
+                   help="seconds an idle keep-alive connection is kept open")
     p.add_argument("--model", help="dense index: sentence-transformers directory overriding index.json's")
     p.add_argument("--device", help="dense index: torch device for the query encoder (e.g. cpu, cuda)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -219,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_topk=args.max_topk,
             default_topk=args.topk,
             max_body_bytes=args.max_body_bytes,
+            body_timeout_s=args.body_timeout,
         )
     except (OSError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -227,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("listening on %s: the retriever has no authentication; anyone who can reach it may query it",
                     args.host)
     log.info("serving %s index of %d documents from %s", retriever.kind, retriever.num_documents, args.index)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_keep_alive=args.keep_alive_timeout)
     return 0
 
 

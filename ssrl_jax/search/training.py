@@ -13,6 +13,8 @@ The host-driven step (docs/search.md gives the measurements behind the choice):
 `HostStep(state, prompts, golds, key) -> (state, metrics)` mirrors the compiled
 `train_step`: the same PRNG use (`sample_key, shuffle_key = split(key)`, one key per response
 from `sample_key`), the same metrics, plus the search counts and the client's counters.
+`HostStep.prepare(state, num_rows)` compiles the learn program before the first step and
+refuses a config whose step cannot fit in memory (`search/memory.py`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from ssrl_jax.rl import grpo, rewards
 from ssrl_jax.rl.masks import loss_mask
 from ssrl_jax.rl.scoring import SCORE_NAMES, response_text
 from ssrl_jax.rl.step import StepConfig, TrainState, make_step_parts
+from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.sampler import Sampler
 from ssrl_jax.sampler.sources import TokenSource
+from ssrl_jax.search.memory import MemoryPlan, available_memory, check_plan
 from ssrl_jax.search.rollout import SearchPolicy, rollout_cache_len, search_rollout
 from ssrl_jax.sharding import ShardingRules
 
@@ -112,6 +116,7 @@ class HostStep:
 
         out = None if self.state_sharding is None else (self.state_sharding, None)
         self._learn = jax.jit(learn, donate_argnums=0, out_shardings=out)
+        self._compiled: dict[tuple[int, int], Any] = {}  # (rows, slots) -> compiled learn
         self.sampler = Sampler(nnx.merge(self.graphdef, self.params),
                                token_bytes=self.token_bytes, eos_ids=self.config.eos_ids,
                                pad_id=self.config.pad_id, prompt_buckets=[self.prompt_len],
@@ -124,9 +129,48 @@ class HostStep:
                                  policy=self.policy, max_new_tokens=self.config.max_new_tokens,
                                  encode=self._encode)
 
+    def _row_sharding(self, shape: tuple[int, ...]) -> jax.sharding.Sharding:
+        return self.rules.sharding(("batch",) + (None,) * (len(shape) - 1), shape, self.mesh)
+
     def _rows(self, x: np.ndarray) -> jax.Array:
-        sharding = self.rules.sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, self.mesh)
-        return jax.device_put(x, sharding)
+        return jax.device_put(x, self._row_sharding(x.shape))
+
+    def prepare(self, state: TrainState, num_rows: int) -> MemoryPlan | None:
+        """Compiles the learn program for `num_rows` responses (the steps then run it) and
+        checks the step's memory plan against the free memory: MemoryPlanError naming
+        `grpo.num_micro_batches` when it cannot fit. None when XLA gives no buffer sizes."""
+        slots = self.cache_len(num_rows)
+
+        def rows(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=self._row_sharding(shape))
+
+        key = jax.random.split(jax.random.key(0))[1]
+        with jax.set_mesh(self.mesh):
+            compiled = self._learn.lower(
+                state, rows((num_rows, slots), jnp.int32), rows((num_rows, slots), jnp.int8),
+                rows((num_rows, slots), jnp.float32), rows((num_rows,), jnp.float32), key).compile()
+            decode_state = jax.eval_shape(
+                lambda params: decode_lib.prefill(
+                    nnx.merge(self.graphdef, params), jnp.zeros((num_rows, self.prompt_len), jnp.int32),
+                    jnp.ones((num_rows, self.prompt_len), bool),
+                    jax.random.split(jax.random.key(0), num_rows), slots),
+                state.params)
+        self._compiled[(num_rows, slots)] = compiled
+        stats = compiled.memory_analysis()
+        if stats is None:
+            return None
+        micro = self.config.num_micro_batches
+        rows_per_mini = num_rows // self.config.num_mini_batches
+        plan = MemoryPlan(
+            rows=num_rows, slots=slots, micro_batches=micro,
+            rows_per_micro_batch=rows_per_mini // micro, learn_temp=stats.temp_size_in_bytes,
+            learn_new_outputs=max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0),
+            rollout_state=sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(decode_state))
+            // self.mesh.size,
+            devices_per_memory=sum(d.platform == "cpu" for d in self.mesh.devices.flat) or 1)
+        available, where = available_memory(list(self.mesh.devices.flat))
+        check_plan(plan, available=available, where=where, rows_per_mini_batch=rows_per_mini)
+        return plan
 
     def __call__(self, state: TrainState, prompts: Sequence[Sequence[int]],
                  golds: Sequence[Sequence[str]], key: jax.Array
@@ -142,13 +186,16 @@ class HostStep:
                              sampling=cfg.sampling, keys=jax.random.split(sample_key, len(rows)),
                              cache_len=self.cache_len(len(rows)))
         tokens, sources = jax.device_get((out.state.tokens, out.state.sources))
+        search_metrics = out.metrics()
+        del out  # frees the KV cache before learning
         scores, mask, gold_em = score_group_rows(
             tokens, sources, row_golds, token_bytes=self.token_bytes, reward=self.reward,
             group_size=n, format_weight=self.format_weight,
             mask_information=cfg.mask_information, format_rule=self.format_rule)
         reward_values = scores[:, SCORE_NAMES.index("reward")]
-        state, metrics = self._learn(state, out.state.tokens, out.state.sources,
-                                     self._rows(mask), self._rows(reward_values), shuffle_key)
+        learn = self._compiled.get(tokens.shape, self._learn)
+        state, metrics = learn(state, self._rows(tokens), self._rows(sources), self._rows(mask),
+                               self._rows(reward_values), shuffle_key)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         policy_tokens = sources == TokenSource.POLICY
         for i, name in enumerate(SCORE_NAMES):
@@ -158,7 +205,7 @@ class HostStep:
         metrics["masked_share"] = float(1.0 - mask.sum() / max(policy_tokens.sum(), 1))
         metrics["trained_tokens"] = float(mask.sum())
         metrics["injected_tokens"] = float((sources == TokenSource.INJECTED).sum(axis=1).mean())
-        metrics.update(out.metrics())
+        metrics.update(search_metrics)
         if self.client is not None:
             counts = self.client.reset_counters()
             metrics.update({f"search_{k}": float(counts[k]) for k in CLIENT_COUNTERS})

@@ -24,6 +24,7 @@ MAX_QUERIES = 16
 MAX_QUERY_CHARS = 256
 MAX_TOPK = 10
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 2.0
 
 # (id, title, text); the questions in test_corpus_index.py each have one obvious answer here.
 DOCS = [
@@ -76,16 +77,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(bm25_index, tmp_path_factory) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of a real ``python -m ssrl_jax.search.server`` process."""
+@contextlib.contextmanager
+def serve_index(index: pathlib.Path, log_path: pathlib.Path, *args: str) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a real ``python -m ssrl_jax.search.server --index INDEX ARGS``
+    process, healthy; stopped on exit."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "ssrl_jax.search.server", "--index", str(bm25_index), "--port", str(port),
-        "--max-queries", str(MAX_QUERIES), "--max-query-chars", str(MAX_QUERY_CHARS),
-        "--max-topk", str(MAX_TOPK), "--max-body-bytes", str(MAX_BODY_BYTES), "--log-level", "warning",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "ssrl_jax.search.server", "--index", str(index), "--port", str(port),
+           "--log-level", "warning", *args]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -110,6 +108,25 @@ def server_url(bm25_index, tmp_path_factory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_url(bm25_index, tmp_path_factory) -> Iterator[str]:
+    """A real server process with the small test limits below."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with serve_index(bm25_index, log_path, "--max-queries", str(MAX_QUERIES),
+                     "--max-query-chars", str(MAX_QUERY_CHARS), "--max-topk", str(MAX_TOPK),
+                     "--max-body-bytes", str(MAX_BODY_BYTES)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def default_server_url(bm25_index, tmp_path_factory) -> Iterator[str]:
+    """A real server process with its default limits (what a user starts), but a 2 s body
+    timeout so that the stalled-body test stays short."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with serve_index(bm25_index, log_path, "--body-timeout", str(BODY_TIMEOUT_S)) as url:
+        yield url
 
 
 Handler = Callable[[dict], tuple[int, object]]

@@ -116,7 +116,7 @@ def test_server_4xx_is_not_retried(server_url, limits):
     # A batch over the server's limit of queries per request is refused with 413.
     queries = [f"capital {i}" for i in range(limits["max_queries"] + 1)]
     with SearchClient(server_url, batch_size=len(queries), max_retries=3, backoff_s=0.01) as client:
-        with pytest.raises(SearchError, match=r"HTTP 413: too many queries: 17; the limit is 16 .*\(not retried\)"):
+        with pytest.raises(SearchError, match=r"HTTP 413: too many queries: 17; the limit is 16 .*\(not retried: a permanent refusal\)"):
             client.search(queries)
         assert client.counters()["requests"] == 1 and client.counters()["retries"] == 0
 
@@ -193,12 +193,65 @@ def test_timeout_is_retried(make_stub):
         assert client.counters()["retries"] == 1
 
 
-def test_malformed_200_is_a_failure(make_stub):
+def test_malformed_200_raises_even_under_fallback(make_stub):
     with make_stub(lambda request: (200, {"result": []})) as url:
         with SearchClient(url, on_failure="fallback") as client:
+            with pytest.raises(SearchError, match=r"HTTP 200 with a malformed response: expected .* 1 lists, got 0"):
+                client.search(["q"])
+            assert client.counters()["requests"] == 1 and client.counters()["failures"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+def test_permanent_4xx_raises_even_under_fallback(make_stub, status):
+    with make_stub(lambda request: (status, {"detail": f"refused {status}"})) as url:
+        with SearchClient(url, on_failure="fallback", max_retries=3, backoff_s=0.01) as client:
+            with pytest.raises(SearchError) as e:
+                client.search(["q"])
+            assert client.counters()["requests"] == 1  # not retried either
+    message = str(e.value)
+    assert url in message and f"HTTP {status}: refused {status}" in message
+    assert "not retried: a permanent refusal" in message
+    assert "on_failure='fallback' covers only transient failures: fix the request or the URL" in message
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_transient_4xx_falls_back(make_stub, status):
+    with make_stub(lambda request: (status, {"detail": "later"})) as url:
+        with SearchClient(url, on_failure="fallback", max_retries=1, backoff_s=0.01) as client:
             [result] = client.search(["q"])
-            assert result.failed and result.error.startswith("malformed response")
-            assert client.counters()["requests"] == 1
+            assert client.counters()["requests"] == 2
+    assert result.failed and result.error == f"HTTP {status}: later (after 2 attempts)"
+
+
+def test_real_server_refusal_raises_under_fallback(server_url, limits):
+    # Past the server's query cap: 413 from the real server, and a wrong path: 404.
+    queries = [f"capital {i}" for i in range(limits["max_queries"] + 1)]
+    with SearchClient(server_url, batch_size=len(queries), on_failure="fallback") as client:
+        with pytest.raises(SearchError, match=r"HTTP 413: too many queries: 17; the limit is 16"):
+            client.search(queries)
+    with SearchClient(f"{server_url}/retrieev", on_failure="fallback") as client:
+        with pytest.raises(SearchError, match=r"/retrieev failed .*HTTP 404: Not Found"):
+            client.search(["capital"])
+
+
+def test_dead_retriever_under_fallback_stops_after_consecutive_failures(make_stub):
+    up = [True]
+
+    def handle(request):
+        return (200, ok_response(request["queries"])) if up[0] else (503, {"detail": "gone"})
+
+    with make_stub(handle) as url, SearchClient(url, on_failure="fallback", max_retries=0, batch_size=1,
+                                                max_consecutive_failures=3, cache_size=0) as client:
+        up[0] = False
+        assert [r.failed for r in client.search(["a", "b"])] == [True, True]  # 2 in a row: fallback
+        up[0] = True
+        assert not client.search(["c"])[0].failed  # an answer resets the count
+        up[0] = False
+        client.search(["d", "e"])
+        with pytest.raises(SearchError, match=r"3 request batches in a row failed \(limit "
+                                              r"search.max_consecutive_failures=3\); the retriever looks "
+                                              r"down, last error: HTTP 503: gone"):
+            client.search(["f"])
 
 
 def test_batches_run_concurrently(make_stub):
