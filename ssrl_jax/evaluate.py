@@ -25,6 +25,7 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from ssrl_jax.cli_errors import UserError, cli_main, parse_config_flags
 from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_benchmark,
                                      parse_benchmarks, toyworld_data_dir)
 from ssrl_jax.eval.scoring import EvalSettings
@@ -36,7 +37,7 @@ _MESH_AXES = ("data", "fsdp", "tensor")
 _SETTINGS_FIELDS = tuple(f for f in EvalSettings.__dataclass_fields__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field with a bad value; the message names the field and what is allowed."""
 
 
@@ -49,9 +50,12 @@ def parse_config(argv: Sequence[str]):
     holder = config_flags.DEFINE_config_file(
         "config", default=None, flag_values=flag_values, lock_config=True,
         sys_argv=list(argv), help_string="evaluation config file, e.g. configs/eval_selfsearch.py")
-    flag_values(list(argv))
+    rest = parse_config_flags(flag_values, argv, fields_hint="configs/eval_selfsearch.py")
     if holder.value is None:
         raise ConfigError("--config: required, e.g. --config configs/eval_selfsearch.py")
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments {rest[1:]}", "on the command line",
+                          "pass config fields as --config.FIELD=VALUE")
     return holder.value
 
 
@@ -194,6 +198,7 @@ def _evaluate_search_modes(config, sampler, tokenizer, benchmarks, rows, setting
     return out
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):

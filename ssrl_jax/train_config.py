@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.step import LR_SCHEDULES
 from ssrl_jax.sharding import MESH_AXES
@@ -30,7 +31,7 @@ QUICKSTART_TOKENIZER = "quickstart"
 SAMPLE_DATA = "sample"
 
 
-class ConfigFieldError(ValueError):
+class ConfigFieldError(UserError, ValueError):
     """A config field has a value the trainer cannot use."""
 
 

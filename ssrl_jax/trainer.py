@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 import tempfile
@@ -36,6 +35,7 @@ from etils import epath
 from flax import nnx
 
 from ssrl_jax import checkpoints
+from ssrl_jax.cli_errors import read_json_file
 from ssrl_jax.data import train_batches
 from ssrl_jax.data.pipeline import make_qa_iterator, num_batches
 from ssrl_jax.models import ModelConfig, Transformer, init_model, load_pretrained
@@ -224,8 +224,7 @@ def source_generation_config(model_dir: str | None) -> dict | None:
     path = os.path.join(model_dir, GENERATION_CONFIG_FILE) if model_dir else None
     if path is None or not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json_file(path)
 
 
 def decode_samples(samples: dict[str, np.ndarray], tokenizer: Any) -> list[dict[str, Any]]:
