@@ -31,27 +31,34 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script from a checkout: make ssrl_jax importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssrl_jax.cli_errors import ArgumentParser, UserError, cli_main  # noqa: E402
 from ssrl_jax.data.prompts import PROMPT_MODES, prompt_token_ids  # noqa: E402
 from ssrl_jax.eval import report  # noqa: E402
 from ssrl_jax.eval.benchmarks import (  # noqa: E402
-    Benchmark, bundled_data_dir, load_benchmark, parse_benchmarks)
+    Benchmark, load_benchmark, parse_benchmarks, resolve_data_dir)
 from ssrl_jax.eval.scoring import (  # noqa: E402
     CHAT_CHOICES, Completion, EvalSettings, aggregate, question_record,
     resolve_chat)
 
 BACKENDS = ("auto", "vllm", "transformers")
+ALL_BENCHMARKS = "nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
+SHIPPED_BENCHMARKS = {"bundled": "nq,hotpotqa", "toyworld": "toyworld_1hop,toyworld_2hop"}
 DTYPES = ("float32", "bfloat16", "float16")
 _DEFAULTS = EvalSettings()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch/eval_gpu.py", description=__doc__,
+    p = ArgumentParser(prog="launch/eval_gpu.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported Hugging Face directory")
     p.add_argument("--tokenizer", default="", help="tokenizer directory (default: --model)")
-    p.add_argument("--benchmarks", default="nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated (default: the two of --data-dir bundled / toyworld, "
+                   f"else {ALL_BENCHMARKS})")
     p.add_argument("--data-dir", required=True,
-                   help="FlashRAG layout directory, or 'bundled' for the package's samples")
+                   help="FlashRAG layout directory, 'bundled' for the package's samples or "
+                   "'toyworld' for the toy world's test questions (as python -m "
+                   "ssrl_jax.evaluate)")
     p.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=_DEFAULTS.greedy)
     p.add_argument("--num-samples", type=int, default=_DEFAULTS.num_samples)
@@ -66,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=PROMPT_MODES, default=_DEFAULTS.mode)
     p.add_argument("--chat", choices=CHAT_CHOICES, default=_DEFAULTS.chat)
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--suppressed-token-ids", default="", metavar="IDS",
+                   help="token ids never generated, comma-separated (HF suppress_tokens, vLLM "
+                   "logit_bias -inf)")
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--output-dir", default="eval_results")
@@ -115,6 +125,8 @@ class VllmBackend:
             common = dict(n=n, max_tokens=settings.max_new_tokens,
                           stop=list(settings.stop_strings), include_stop_str_in_output=True,
                           stop_token_ids=self.eos_ids)
+            if settings.suppressed_token_ids:
+                common["logit_bias"] = {i: float("-inf") for i in settings.suppressed_token_ids}
             if greedy:
                 return SamplingParams(temperature=0.0, **common)
             return SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
@@ -163,6 +175,7 @@ class TransformersBackend:
             temperature=None if greedy else settings.temperature,
             top_p=None if greedy else settings.top_p, top_k=None if greedy else settings.top_k,
             eos_token_id=sorted(self.eos_ids) or None, pad_token_id=self.pad_id,
+            suppress_tokens=list(settings.suppressed_token_ids) or None,
             stop_strings=list(settings.stop_strings) or None)
         flat = [ids for ids in prompts for _ in range(n)]  # question-major, as the JAX path
         out: list[Completion] = []
@@ -242,19 +255,31 @@ def evaluate_rows(backend: Any, tokenizer: Any, rows: Sequence[Any],
     return records, aggregate(records)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)  # raises ValueError naming the field
-    benchmarks: list[Benchmark] = parse_benchmarks(args.benchmarks)
-    data_dir = str(bundled_data_dir()) if args.data_dir == "bundled" else args.data_dir
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)  # raises ValueError naming the field
+        benchmarks: list[Benchmark] = parse_benchmarks(
+            args.benchmarks or SHIPPED_BENCHMARKS.get(args.data_dir, ALL_BENCHMARKS))
+    except ValueError as e:
+        parser.error(str(e))
     if args.limit < 0:
-        raise ValueError(f"--limit={args.limit}: must be >= 0 (0 = all)")
+        parser.error(f"--limit={args.limit}: must be >= 0 (0 = all)")
+    data_dir = resolve_data_dir(args.data_dir)
     rows = {b.name: load_benchmark(b, data_dir, limit=args.limit or None) for b in benchmarks}
 
     import transformers
 
     tokenizer_dir = args.tokenizer or args.model
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as e:  # not a folder nor a hub id; no tokenizer files
+        flag = "--tokenizer" if args.tokenizer else "--model"
+        raise UserError(f"cannot load a tokenizer ({str(e).strip().splitlines()[0]})",
+                        f"{flag} {tokenizer_dir}", "pass an exported model directory "
+                        "(python -m ssrl_jax.convert orbax-to-hf)") from None
     backend = make_backend(args.backend, args.model, tokenizer_dir, tokenizer, args.dtype,
                            settings)
     print(f"backend: {backend.name}", flush=True)

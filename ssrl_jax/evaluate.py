@@ -26,8 +26,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssrl_jax.cli_errors import UserError, cli_main, parse_config_flags
-from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_benchmark,
-                                     parse_benchmarks, toyworld_data_dir)
+from ssrl_jax.eval.benchmarks import (Benchmark, load_benchmark, parse_benchmarks,
+                                     resolve_data_dir)
 from ssrl_jax.eval.scoring import EvalSettings
 
 BUNDLED = "bundled"
@@ -78,8 +78,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark], str]:
         benchmarks = parse_benchmarks(config.benchmarks)
     except (ValueError, AttributeError, TypeError) as e:
         raise ConfigError(f"config.benchmarks={config.benchmarks!r}: {e}") from None
-    data_dir = {BUNDLED: str(bundled_data_dir()), TOYWORLD: str(toyworld_data_dir())}.get(
-        config.data_dir, config.data_dir)
+    data_dir = resolve_data_dir(config.data_dir) if isinstance(config.data_dir, str) else None
     _need(isinstance(data_dir, str) and bool(data_dir), "data_dir", config.data_dir,
           f"a directory with the benchmark files (FlashRAG layout), '{BUNDLED}' or "
           f"'{TOYWORLD}'")
@@ -93,7 +92,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark], str]:
     _need(all(isinstance(v, int) and (v >= 1 or v == -1) for v in mesh.values()), "mesh", mesh,
           "axis sizes >= 1 or -1 (the remaining devices)")
     try:
-        settings = EvalSettings(**{f: config[f] for f in _SETTINGS_FIELDS})
+        settings = EvalSettings(**{f: config[f] for f in _SETTINGS_FIELDS if f in config})
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     search_settings(config)
@@ -143,6 +142,10 @@ def run(config) -> dict[str, Any]:
     mesh = make_mesh(dict(config.mesh))
     model, tokenizer, eos_ids = selfsearch.load_for_eval(
         config.model, tokenizer_path=config.tokenizer, dtype=config.dtype, mesh=mesh)
+    outside = [i for i in settings.suppressed_token_ids if i >= model.config.vocab_size]
+    if outside:
+        raise ConfigError(f"config.suppressed_token_ids: {outside} outside the model's "
+                          f"vocabulary (size {model.config.vocab_size})")
     sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, mesh=mesh)
     entries, records = {}, {}
     for b in benchmarks:

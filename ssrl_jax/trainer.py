@@ -146,7 +146,8 @@ def step_config(config: ml_collections.ConfigDict, eos_ids: tuple[int, ...],
     r, g = config.rollout, config.grpo
     return StepConfig(
         group_size=r.group_size, max_new_tokens=r.max_new_tokens,
-        sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k),
+        sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                suppressed_token_ids=r.suppressed_token_ids),
         eos_ids=eos_ids, pad_id=pad_id, num_mini_batches=g.num_mini_batches,
         num_micro_batches=g.num_micro_batches, ppo_epochs=g.ppo_epochs, clip_low=g.clip_low,
         clip_high=g.clip_high, dual_clip=g.dual_clip or None, kl_coef=g.kl_coef,
@@ -286,6 +287,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
     chat = use_chat(config.data.chat, tokenizer)
     model_config, build_model = model_builder(config, model_dir, tokenizer, mesh, rules)
     eos_ids, pad_id = eos_and_pad(model_dir, model_config, tokenizer)
+    tc.check_suppressed_token_ids(config, model_config.vocab_size)
     runlog = RunLog(workdir_path, total_steps=0, tensorboard=config.log.tensorboard,
                     enabled=jax.process_index() == 0)
 

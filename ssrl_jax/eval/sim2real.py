@@ -77,7 +77,7 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
     real_searches, self_searches, failed_searches and queries ([{query, entropy, outcome}]).
     """
     from ssrl_jax.eval.selfsearch import sample_keys
-    from ssrl_jax.sampler import GREEDY, SamplingConfig, TokenSource, row_outputs
+    from ssrl_jax.sampler import SamplingConfig, TokenSource, row_outputs
 
     if not rows:
         raise ValueError("evaluate_modes needs at least one row")
@@ -86,10 +86,13 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
     prompts = [prompt_token_ids(r.question, mode=settings.mode, tokenizer=tokenizer, chat=chat)
                for r in rows]
     if settings.greedy:
-        sampling, keys, decoding = GREEDY, None, "greedy"
+        sampling = SamplingConfig(temperature=0.0,
+                                  suppressed_token_ids=settings.suppressed_token_ids)
+        keys, decoding = None, "greedy"
     else:
         sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                                  top_k=settings.top_k)
+                                  top_k=settings.top_k,
+                                  suppressed_token_ids=settings.suppressed_token_ids)
         keys = sample_keys(settings.seed, indices, [0] * len(rows))
         decoding = "sampled"
 
