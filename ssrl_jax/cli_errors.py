@@ -92,12 +92,17 @@ def config_flag_error(error: Exception, argv: Sequence[str], *, fields_hint: str
     from absl import flags
 
     if isinstance(error, (KeyError, AttributeError)):
-        name = str(error).strip("\"'")
-        flag = next((a for a in argv if a.startswith("--config.")
-                     and re.search(rf"[.]{re.escape(name)}(?:[.=]|$)", a.split("=")[0] + "=")),
+        # ml_collections: KeyError("'name'\nDid you mean \"names\" instead of \"name\"?")
+        text = str(error.args[0] if error.args else error)
+        found = re.search(r"[A-Za-z_]\w*", text)
+        name = found.group(0) if found else text
+        flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                     and re.search(rf"[.]{re.escape(name)}(?:[.]|$)", a.split("=")[0])),
                     f"--config.{name}")
-        return UserError(f"unknown config field {name!r}", flag.split("=")[0],
-                         f"use a field listed in {fields_hint}")
+        guess = re.search(r'Did you mean "([^"]+)"', text)
+        fix = f"use a field listed in {fields_hint}"
+        return UserError(f"unknown config field {name!r}", flag,
+                         f"did you mean {guess.group(1)!r}? ({fix})" if guess else fix)
     if isinstance(error, SyntaxError):
         return UserError(f"the config file is not Python ({error.msg}, line {error.lineno})",
                          f"--config {error.filename}", "pass a config file such as "
