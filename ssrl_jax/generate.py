@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     from ssrl_jax.sampler import GREEDY, Sampler, SamplingConfig, row_outputs
     from ssrl_jax.sampler import text
 
-    sampling = (GREEDY if args.temperature is None else
-                SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k))
+    try:
+        sampling = (GREEDY if args.temperature is None else
+                    SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                                   top_k=args.top_k))
+    except ValueError as e:
+        parser.error(str(e))
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     model = load_pretrained(args.model, dtype=args.dtype)
     sampler = Sampler(model, tokenizer=tokenizer,
