@@ -52,7 +52,7 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, _PATH_ERRORS) and error.filename is not None:
         return f"{error.strerror or type(error).__name__}, {error.filename}, check the path"
     if isinstance(error, UnicodeDecodeError):
-        return (f"not UTF-8 text (byte {error.start}: {error.object[error.start:error.end]!r}),"
+        return (f"not UTF-8 text (byte {error.start + 1}: {error.object[error.start:error.end]!r}),"
                 " in an input file, convert the file to UTF-8")
     return None
 

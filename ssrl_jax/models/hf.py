@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 from safetensors import SafetensorError, safe_open
 
 from ssrl_jax.cli_errors import UserError, read_json_file
@@ -44,9 +45,6 @@ _LAYER_HF_NAMES = {
     "w_up": "mlp.up_proj.weight",
     "w_down": "mlp.down_proj.weight",
 }
-
-
-DTypeLike = Any  # a dtype name, a jnp / numpy dtype or scalar type
 
 
 class CheckpointError(UserError, ValueError):
