@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.prompt_source = "dataset"  # the file's own chat messages when it has them; or rebuild
     c.chat = "auto"          # auto (chat template if the tokenizer has one), true, false
     c.seed = 0
+    c.suppressed_token_ids = ""  # ids never generated, comma-separated ("" = none)
     # Where: results.json, <benchmark>.jsonl, <benchmark>_passk.png.
     c.output_dir = "eval_results"
     # Sim2Real (SPEC §7; docs/evaluation.md): also evaluate each question under these rollout

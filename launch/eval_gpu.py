@@ -31,31 +31,36 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script from a checkout: make ssrl_jax importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssrl_jax.cli_errors import ArgumentParser, UserError, cli_main  # noqa: E402
 from ssrl_jax.data.prompts import (  # noqa: E402
     PROMPT_MODES, PROMPT_SOURCES, prompt_source_summary, row_prompt_ids)
 from ssrl_jax.eval import report  # noqa: E402
 from ssrl_jax.eval.benchmarks import (  # noqa: E402
-    Benchmark, bundled_data_dir, load_eval_sets, parse_eval_specs)
+    Benchmark, load_eval_sets, parse_eval_specs, resolve_data_dir)
 from ssrl_jax.eval.scoring import (  # noqa: E402
     CHAT_CHOICES, Completion, EvalSettings, aggregate, question_record,
     resolve_chat)
 
 BACKENDS = ("auto", "vllm", "transformers")
+ALL_BENCHMARKS = "nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
+SHIPPED_BENCHMARKS = {"bundled": "nq,hotpotqa", "toyworld": "toyworld_1hop,toyworld_2hop"}
 DTYPES = ("float32", "bfloat16", "float16")
 _DEFAULTS = EvalSettings()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch/eval_gpu.py", description=__doc__,
+    p = ArgumentParser(prog="launch/eval_gpu.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported Hugging Face directory")
     p.add_argument("--tokenizer", default="", help="tokenizer directory (default: --model)")
-    p.add_argument("--benchmarks", default="nq,triviaqa,hotpotqa,2wikimultihopqa,musique,bamboogle",
+    p.add_argument("--benchmarks", default=None,
                    help="registry names and/or QA files (*.parquet, *.jsonl: each data_source "
-                   "in the file is one benchmark, e.g. Search-R1's test.parquet)")
+                   "in the file is one benchmark, e.g. Search-R1's test.parquet); default: the "
+                   f"two of --data-dir bundled / toyworld, else {ALL_BENCHMARKS}")
     p.add_argument("--data-dir", default="",
-                   help="FlashRAG layout directory, or 'bundled' for the package's samples "
-                   "(needed for registry names)")
+                   help="FlashRAG layout directory, 'bundled' for the package's samples or "
+                   "'toyworld' for the toy world's test questions, as python -m "
+                   "ssrl_jax.evaluate (needed for registry names)")
     p.add_argument("--limit", type=int, default=0,
                    help="N questions per benchmark, sampled with --seed (0 = all)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=_DEFAULTS.greedy)
@@ -73,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset: a row's own chat messages when its file has them; rebuild")
     p.add_argument("--chat", choices=CHAT_CHOICES, default=_DEFAULTS.chat)
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--suppressed-token-ids", default="", metavar="IDS",
+                   help="token ids never generated, comma-separated (HF suppress_tokens, vLLM "
+                   "logit_bias -inf)")
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--output-dir", default="eval_results")
@@ -122,6 +130,8 @@ class VllmBackend:
             common = dict(n=n, max_tokens=settings.max_new_tokens,
                           stop=list(settings.stop_strings), include_stop_str_in_output=True,
                           stop_token_ids=self.eos_ids)
+            if settings.suppressed_token_ids:
+                common["logit_bias"] = {i: float("-inf") for i in settings.suppressed_token_ids}
             if greedy:
                 return SamplingParams(temperature=0.0, **common)
             return SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
@@ -170,6 +180,7 @@ class TransformersBackend:
             temperature=None if greedy else settings.temperature,
             top_p=None if greedy else settings.top_p, top_k=None if greedy else settings.top_k,
             eos_token_id=sorted(self.eos_ids) or None, pad_token_id=self.pad_id,
+            suppress_tokens=list(settings.suppressed_token_ids) or None,
             stop_strings=list(settings.stop_strings) or None)
         flat = [ids for ids in prompts for _ in range(n)]  # question-major, as the JAX path
         out: list[Completion] = []
@@ -253,19 +264,31 @@ def evaluate_rows(backend: Any, tokenizer: Any, rows: Sequence[Any], settings: E
     return records, aggregate(records)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)  # raises ValueError naming the field
-    specs: list[Benchmark | str] = parse_eval_specs(args.benchmarks)
-    data_dir = str(bundled_data_dir()) if args.data_dir == "bundled" else args.data_dir or None
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)  # raises ValueError naming the field
+        specs: list[Benchmark | str] = parse_eval_specs(
+            args.benchmarks or SHIPPED_BENCHMARKS.get(args.data_dir, ALL_BENCHMARKS))
+    except ValueError as e:
+        parser.error(str(e))
     if args.limit < 0:
-        raise ValueError(f"--limit={args.limit}: must be >= 0 (0 = all)")
+        parser.error(f"--limit={args.limit}: must be >= 0 (0 = all)")
+    data_dir = resolve_data_dir(args.data_dir) if args.data_dir else None
     benchmarks = load_eval_sets(specs, data_dir, limit=args.limit or None, seed=args.seed)
 
     import transformers
 
     tokenizer_dir = args.tokenizer or args.model
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as e:  # not a folder nor a hub id; no tokenizer files
+        flag = "--tokenizer" if args.tokenizer else "--model"
+        raise UserError(f"cannot load a tokenizer ({str(e).strip().splitlines()[0]})",
+                        f"{flag} {tokenizer_dir}", "pass an exported model directory "
+                        "(python -m ssrl_jax.convert orbax-to-hf)") from None
     backend = make_backend(args.backend, args.model, tokenizer_dir, tokenizer, args.dtype,
                            settings)
     print(f"backend: {backend.name}", flush=True)

@@ -3,7 +3,8 @@
 
 Every action is one or more `gcloud` commands. `--dry-run` prints them, shell-quoted,
 one per line, and runs nothing (not even gcloud for a default project). Standard
-library only, so it runs on any machine with Python 3.8+ and the gcloud CLI.
+library only (plus this checkout's ssrl_jax/cli_errors.py), so it runs on any machine with
+Python 3.8+ and the gcloud CLI.
 
     python launch/tpu.py --name my-tpu --zone us-east5-a create --accelerator-type v5p-64
     python launch/tpu.py --name my-tpu --zone us-east5-a setup
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,13 +35,19 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 Argv = List[str]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script from a checkout: our error style (stdlib only)
+    sys.path.insert(0, str(REPO_ROOT))
+from ssrl_jax.cli_errors import ArgumentParser  # noqa: E402
 # Paths on each TPU VM, relative to the login user's home directory.
 REMOTE_SRC = "ssrl_jax"
 REMOTE_TARBALL = "ssrl_jax-src.tar.gz"
 REMOTE_VENV = "ssrl_venv"
 REMOTE_LOGS = "ssrl_logs"
 PID_FILE = f'"$HOME/{REMOTE_LOGS}/train.pid"'  # a shell word, expanded on the worker
-LOCAL_TARBALL = os.path.join(tempfile.gettempdir(), "ssrl_jax-src.tar.gz")
+# The local tarball goes into a fresh private directory (tempfile.mkdtemp, mode 0700) that
+# is removed after the upload; a dry run prints this placeholder instead of making one.
+DRY_RUN_TARBALL_DIR = os.path.join(tempfile.gettempdir(), "ssrl_jax-src.XXXXXXXX")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TAR_EXCLUDES = (".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".hypothesis",
                 "*.egg-info", "build", "dist")
 
@@ -61,6 +70,15 @@ MAX_DESCRIBE_ERRORS = 5  # consecutive failed `describe` calls before giving up
 
 class UsageError(Exception):
     """A value the user must supply is missing or malformed."""
+
+
+def check_env_name(name: str, flag: str) -> str:
+    """`name` if it is a shell variable name; UsageError otherwise (it goes into a remote
+    shell command unquoted, so anything else could run commands on the workers)."""
+    if not ENV_NAME.fullmatch(name):
+        raise UsageError(f"{flag}: {name!r} is not an environment variable name (letters, "
+                         "digits and _, not starting with a digit)")
+    return name
 
 
 class Target(NamedTuple):
@@ -226,7 +244,7 @@ def train_script(config: str, workdir: str, extra: Sequence[str],
     `setsid` gives the trainer its own process group (its pid), so `stop` can end it
     and any children it forked; the pid file refuses a second concurrent start.
     """
-    exports = " ".join(f"{name}={value}" for name, value in env)
+    exports = " ".join(f"{check_env_name(name, 'env')}={value}" for name, value in env)
     return _script(
         f'mkdir -p "$HOME/{REMOTE_LOGS}"',
         refuse_if_running("run stop first"),
@@ -311,12 +329,23 @@ def cmd_setup(args: argparse.Namespace, target: Target) -> None:
     if args.ref and not args.repo:
         raise UsageError("--ref needs --repo")
     if not args.repo:
-        run(tar_argv(Path(args.source), LOCAL_TARBALL), args.dry_run)
-        run(scp_argv(target, LOCAL_TARBALL, REMOTE_TARBALL), args.dry_run)
+        upload_source(target, Path(args.source), args.dry_run)
     run(ssh_argv(target, install_script(args.repo, args.ref, args.python,
                                         args.find_links or None)), args.dry_run)
     if not args.no_verify:
         run(ssh_argv(target, verify_script()), args.dry_run)
+
+
+def upload_source(target: Target, source: Path, dry_run: bool) -> None:
+    """Tars `source` into a private temporary directory, copies it to the workers, removes it."""
+    directory = DRY_RUN_TARBALL_DIR if dry_run else tempfile.mkdtemp(prefix="ssrl_jax-src.")
+    try:
+        tarball = os.path.join(directory, REMOTE_TARBALL)
+        run(tar_argv(source, tarball), dry_run)
+        run(scp_argv(target, tarball, REMOTE_TARBALL), dry_run)
+    finally:
+        if not dry_run:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def cmd_train(args: argparse.Namespace, target: Target) -> None:
@@ -328,6 +357,7 @@ def cmd_train(args: argparse.Namespace, target: Target) -> None:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise UsageError(f"--env {item!r}: expected NAME=VALUE")
+        check_env_name(name, f"--env {item!r}")
         env = [(n, v) for n, v in env if n != name] + [(name, shlex.quote(value))]
     run(ssh_argv(target, train_script(args.config, args.workdir, args.passthrough, env)),
         args.dry_run)
@@ -363,7 +393,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tpu.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Arguments after `--` go to the trainer (train) or to gcloud (create).")

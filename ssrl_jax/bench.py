@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ssrl_jax.cli_errors import ArgumentParser, cli_main
+
 
 def _sampler(args: argparse.Namespace) -> None:
     from ssrl_jax.benchmarks import sampler
@@ -41,7 +43,7 @@ def _memory(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ssrl_jax.bench", description=__doc__)
+    parser = ArgumentParser(prog="python -m ssrl_jax.bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     sampler = commands.add_parser("sampler", help="decode tokens/s: ours vs transformers generate")
     sampler.add_argument("--batch", type=int, default=8)
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.run(args)

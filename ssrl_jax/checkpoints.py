@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import ModelConfig
 from ssrl_jax.models.init import abstract_model, single_device_mesh, state_shardings
 from ssrl_jax.sharding import ShardingRules
@@ -43,7 +44,7 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 log = logging.getLogger(__name__)
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(UserError, FileNotFoundError):
     """No complete checkpoint exists where one was asked for."""
 
 

@@ -23,12 +23,14 @@ import os
 import re
 import sys
 
+from ssrl_jax.cli_errors import ArgumentParser, UserError, cli_main
+
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
     """A conversion cannot start: a flag or path is wrong. The message names it."""
 
 
@@ -51,7 +53,7 @@ def _human(num_bytes: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ssrl_jax.convert", description=__doc__,
+    parser = ArgumentParser(prog="python -m ssrl_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -191,15 +193,11 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
         print(f"  {name}")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from ssrl_jax.models import CheckpointError, ConfigError
-
     command = {"hf-to-orbax": hf_to_orbax, "orbax-to-hf": orbax_to_hf}[args.command]
-    try:
-        command(args)
-    except (ConvertError, CheckpointError, ConfigError) as error:
-        raise SystemExit(f"{args.command}: error: {error}") from None
+    command(args)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ from collections.abc import Mapping
 
 import jax
 
+from ssrl_jax.cli_errors import UserError
+
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
-class DistributedSetupError(ValueError):
+class DistributedSetupError(UserError, ValueError):
     """The cluster environment variables are missing or malformed."""
 
 

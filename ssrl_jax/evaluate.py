@@ -34,8 +34,9 @@ from ml_collections import config_flags
 
 from etils import epath
 
-from ssrl_jax.eval.benchmarks import (Benchmark, bundled_data_dir, load_eval_sets,
-                                     parse_eval_specs, toyworld_data_dir)
+from ssrl_jax.cli_errors import UserError, cli_main, parse_config_flags
+from ssrl_jax.eval.benchmarks import (Benchmark, load_eval_sets, parse_eval_specs,
+                                     resolve_data_dir)
 from ssrl_jax.eval.scoring import EvalSettings
 
 BUNDLED = "bundled"
@@ -45,7 +46,7 @@ _MESH_AXES = ("data", "fsdp", "tensor")
 _SETTINGS_FIELDS = tuple(f for f in EvalSettings.__dataclass_fields__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field with a bad value; the message names the field and what is allowed."""
 
 
@@ -58,9 +59,12 @@ def parse_config(argv: Sequence[str]):
     holder = config_flags.DEFINE_config_file(
         "config", default=None, flag_values=flag_values, lock_config=True,
         sys_argv=list(argv), help_string="evaluation config file, e.g. configs/eval_selfsearch.py")
-    flag_values(list(argv))
+    rest = parse_config_flags(flag_values, argv, fields_hint="configs/eval_selfsearch.py")
     if holder.value is None:
         raise ConfigError("--config: required, e.g. --config configs/eval_selfsearch.py")
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments {rest[1:]}", "on the command line",
+                          "pass config fields as --config.FIELD=VALUE")
     return holder.value
 
 
@@ -90,8 +94,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | Non
     for spec in benchmarks:
         _need(isinstance(spec, Benchmark) or epath.Path(spec).is_file(), "benchmarks",
               config.benchmarks, f"registry names or existing QA files ({spec} is no file)")
-    data_dir = {BUNDLED: str(bundled_data_dir()), TOYWORLD: str(toyworld_data_dir())}.get(
-        config.data_dir, config.data_dir)
+    data_dir = resolve_data_dir(config.data_dir) if isinstance(config.data_dir, str) else None
     if not data_dir and all(isinstance(spec, str) for spec in benchmarks):
         data_dir = None
     else:
@@ -108,7 +111,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | Non
     _need(all(isinstance(v, int) and (v >= 1 or v == -1) for v in mesh.values()), "mesh", mesh,
           "axis sizes >= 1 or -1 (the remaining devices)")
     try:
-        settings = EvalSettings(**{f: config[f] for f in _SETTINGS_FIELDS})
+        settings = EvalSettings(**{f: config[f] for f in _SETTINGS_FIELDS if f in config})
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     search_settings(config)
@@ -158,6 +161,10 @@ def run(config) -> dict[str, Any]:
     mesh = make_mesh(dict(config.mesh))
     model, tokenizer, eos_ids = selfsearch.load_for_eval(
         config.model, tokenizer_path=config.tokenizer, dtype=config.dtype, mesh=mesh)
+    outside = [i for i in settings.suppressed_token_ids if i >= model.config.vocab_size]
+    if outside:
+        raise ConfigError(f"config.suppressed_token_ids: {outside} outside the model's "
+                          f"vocabulary (size {model.config.vocab_size})")
     sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, mesh=mesh)
     entries, records = {}, {}
     for b in benchmarks:
@@ -214,6 +221,7 @@ def _evaluate_search_modes(config, sampler, tokenizer, benchmarks, rows, setting
     return out
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from ssrl_jax.cli_errors import ArgumentParser, UserError, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ssrl_jax.generate", description=__doc__,
+    parser = ArgumentParser(prog="python -m ssrl_jax.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="Hugging Face directory (config, weights, tokenizer)")
@@ -33,10 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.temperature is None and (args.top_p != 1.0 or args.top_k):
-        raise SystemExit("--top-p / --top-k need --temperature (decoding is greedy without it)")
+        parser.error("--top-p / --top-k need --temperature (decoding is greedy without it)")
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise UserError("not a Hugging Face model directory (no config.json)",
+                        f"--model {args.model}", "pass a directory with config.json, "
+                        "safetensors and tokenizer files")
 
     import transformers
 
@@ -44,8 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     from ssrl_jax.sampler import GREEDY, Sampler, SamplingConfig, row_outputs
     from ssrl_jax.sampler import text
 
-    sampling = (GREEDY if args.temperature is None else
-                SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k))
+    try:
+        sampling = (GREEDY if args.temperature is None else
+                    SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                                   top_k=args.top_k))
+    except ValueError as e:
+        parser.error(str(e))
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     model = load_pretrained(args.model, dtype=args.dtype)
     sampler = Sampler(model, tokenizer=tokenizer,

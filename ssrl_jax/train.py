@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ssrl_jax.cli_errors import UserError, cli_main, exit_user_error, parse_config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/tiny.py (fields: see "
@@ -28,27 +29,35 @@ def default_workdir(config_path: str) -> str:
     return os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
+_FIELDS_HINT = "configs/tiny.py (every field: ssrl_jax/train_config.py)"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with our error line (exit 2) for bad flags and config fields."""
+    try:
+        return parse_config_flags(flags.FLAGS, argv, fields_hint=_FIELDS_HINT)
+    except UserError as error:
+        exit_user_error(str(error))
+
+
+@cli_main
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments {argv[1:]}", "on the command line",
+                        "pass config fields as --config.FIELD=VALUE")
     if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
+        raise UserError("--config is missing", "on the command line",
+                        "pass one, e.g. --config configs/tiny.py")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     from ssrl_jax import distributed, trainer  # after flag parsing: `--help` stays fast
 
-    try:
-        distributed.initialize(_CONFIG.value.distributed)
-    except distributed.DistributedSetupError as error:
-        sys.exit(f"error: {error}")
+    distributed.initialize(_CONFIG.value.distributed)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-    try:
-        result = trainer.run(_CONFIG.value, workdir)
-    except trainer.tc.ConfigFieldError as error:
-        sys.exit(f"error: {error}")
+    result = trainer.run(_CONFIG.value, workdir)
     status = "preempted" if result.preempted else "finished"
     print(f"{status} at step {result.last_step}/{result.total_steps}; outputs in {workdir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

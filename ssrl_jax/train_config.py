@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from ssrl_jax.data.prompts import PROMPT_SOURCES
+from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.step import LR_SCHEDULES
 from ssrl_jax.sharding import MESH_AXES
+from ssrl_jax.token_ids import parse_token_ids
 
 PROMPT_MODES = ("self_search", "search_r1")
 CHAT_CHOICES = ("auto", "true", "false")
@@ -33,7 +35,7 @@ QUICKSTART_TOKENIZER = "quickstart"
 SAMPLE_DATA = "sample"
 
 
-class ConfigFieldError(ValueError):
+class ConfigFieldError(UserError, ValueError):
     """A config field has a value the trainer cannot use."""
 
 
@@ -77,6 +79,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
+    # Token ids never sampled, e.g. "151643" (Qwen's <|endoftext|> when <|im_end|> must end
+    # turns); comma-separated, "" = none. Log-probs stay the model's own.
+    c.rollout.suppressed_token_ids = ""
     # self: SSRL, the one compiled step. real (Search-R1), first_k_real, entropy_guided: a
     # retriever at config.search.url answers searches in a host-driven turn loop (docs/search.md).
     c.rollout.mode = "self"
@@ -187,6 +192,14 @@ def _string(v: Any) -> str | None:
     return None if isinstance(v, str) else "a string"
 
 
+def _token_ids(v: Any) -> str | None:
+    try:
+        parse_token_ids(v)
+    except ValueError:
+        return "comma-separated token ids (integers >= 0), e.g. '151643', or ''"
+    return None
+
+
 def _weights(v: Any) -> str | None:
     if not isinstance(v, str):
         return "a string like 'nq=1,hotpotqa=1'"
@@ -226,6 +239,7 @@ _CHECKS: dict[str, Check] = {
     "rollout.top_p": _number(0.0, 1.0, open_low=True),
     "rollout.top_k": _int(0),
     "rollout.mode": _one_of(ROLLOUT_MODES),
+    "rollout.suppressed_token_ids": _token_ids,
     "grpo.reward": _one_of(REWARDS),
     "grpo.format_weight": _number(0.0, 1.0),
     "grpo.format_rule": _one_of(FORMAT_RULES),
@@ -354,3 +368,12 @@ def parse_weights(text: str) -> dict[str, float]:
 
 def train_files(config: ml_collections.ConfigDict) -> list[str]:
     return [f.strip() for f in config.data.train_files.split(",") if f.strip()]
+
+
+def check_suppressed_token_ids(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+    """Raises ConfigFieldError when rollout.suppressed_token_ids names an id >= vocab_size."""
+    ids = parse_token_ids(config.rollout.suppressed_token_ids)
+    outside = [i for i in ids if i >= vocab_size]
+    if outside:
+        raise ConfigFieldError(f"config.rollout.suppressed_token_ids: {outside} outside the "
+                               f"model's vocabulary (size {vocab_size})")

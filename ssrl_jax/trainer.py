@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 import tempfile
@@ -36,6 +35,7 @@ from etils import epath
 from flax import nnx
 
 from ssrl_jax import checkpoints
+from ssrl_jax.cli_errors import read_json_file
 from ssrl_jax.data import train_batches
 from ssrl_jax.data.pipeline import make_qa_iterator, num_batches
 from ssrl_jax.models import ModelConfig, Transformer, init_model, load_pretrained
@@ -165,7 +165,8 @@ def step_config(config: ml_collections.ConfigDict, eos_ids: tuple[int, ...],
     r, g = config.rollout, config.grpo
     return StepConfig(
         group_size=r.group_size, max_new_tokens=r.max_new_tokens,
-        sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k),
+        sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                suppressed_token_ids=r.suppressed_token_ids),
         eos_ids=eos_ids, pad_id=pad_id, num_mini_batches=g.num_mini_batches,
         num_micro_batches=g.num_micro_batches, ppo_epochs=g.ppo_epochs, clip_low=g.clip_low,
         clip_high=g.clip_high, dual_clip=g.dual_clip or None, kl_coef=g.kl_coef,
@@ -254,8 +255,7 @@ def source_generation_config(model_dir: str | None) -> dict | None:
     path = os.path.join(model_dir, GENERATION_CONFIG_FILE) if model_dir else None
     if path is None or not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json_file(path)
 
 
 def decode_samples(samples: dict[str, np.ndarray], tokenizer: Any) -> list[dict[str, Any]]:
@@ -318,6 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
     model_config, build_model = model_builder(config, model_dir, tokenizer, mesh, rules,
                                               checkpoint_meta)
     eos_ids, pad_id = eos_and_pad(model_dir, model_config, tokenizer, generation_config)
+    tc.check_suppressed_token_ids(config, model_config.vocab_size)
     runlog = RunLog(workdir_path, total_steps=0, tensorboard=config.log.tensorboard,
                     enabled=jax.process_index() == 0)
 

@@ -92,3 +92,19 @@ def save_bigram_model(directory, tokenizer, successors, *, max_position_embeddin
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def user_error(capsys, main, argv) -> str:
+    """Runs a command's `main(argv)`, which must stop on a user error: exit status 2 and
+    stderr ending in one `error: ...` line, no traceback. Returns that line."""
+    import pytest
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, (stopped.value.code, err)
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last

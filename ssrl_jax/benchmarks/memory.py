@@ -16,6 +16,8 @@ import importlib.util
 import os
 from typing import Any
 
+from ssrl_jax.cli_errors import UserError
+
 GIB = 1024 ** 3
 HBM_GIB = {"v5p": 95, "v4": 32, "v5e": 16, "v6e": 32}
 
@@ -27,13 +29,24 @@ def load_config(path: str, overrides: list[str] = ()):
     spec.loader.exec_module(module)
     config = module.get_config()
     for item in overrides:
-        field, _, text = item.partition("=")
+        field, sep, text = item.partition("=")
+        if not sep or not field:
+            raise UserError("expected FIELD=VALUE", f"--set {item}", "e.g. --set mesh.fsdp=8")
         section, _, name = field.rpartition(".")
-        target = config
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        current = target[name]
-        value = (text.lower() in ("1", "true")) if isinstance(current, bool) else type(current)(text)
+        try:
+            target = config
+            for part in filter(None, section.split(".")):
+                target = target[part]
+            current = target[name]
+        except (KeyError, AttributeError):
+            raise UserError(f"unknown config field {field!r}", f"--set {item}",
+                            f"use a field of {path}") from None
+        try:
+            value = ((text.lower() in ("1", "true")) if isinstance(current, bool)
+                     else type(current)(text))
+        except (TypeError, ValueError):
+            raise UserError(f"{text!r} is not a {type(current).__name__}", f"--set {item}",
+                            f"give a value like {current!r}") from None
         target[name] = value
     return config
 
@@ -42,7 +55,8 @@ def mesh_devices(config, devices: int | None) -> int:
     sizes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
     if -1 in sizes:
         if devices is None:
-            raise ValueError(f"config.mesh={dict(config.mesh)} has a -1 axis: pass --devices N")
+            raise UserError(f"config.mesh={dict(config.mesh)} has a -1 axis", "--devices",
+                            "pass --devices N")
         return devices
     total = 1
     for size in sizes:

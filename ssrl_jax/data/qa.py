@@ -36,6 +36,7 @@ from typing import Any
 
 from etils import epath
 
+from ssrl_jax.cli_errors import UserError, utf8_lines
 from ssrl_jax.package_files import asset_path
 
 __all__ = [
@@ -60,7 +61,7 @@ _REPR_LIMIT = 80
 _QUESTION_RE = re.compile(r"\bquestion\s*:", re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A QA file or row that cannot be used; the message names the file, the row and the field."""
 
 
@@ -264,8 +265,8 @@ def read_jsonl(path: str | epath.PathLike, *, data_source: str | None = None) ->
     path = epath.Path(path)
     default_source = data_source or path.stem
     rows = []
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, line in utf8_lines(f, str(path), error=DataError):
             if not line.strip():
                 continue
             where = f"{path}: row {line_no}"

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from ssrl_jax.cli_errors import ArgumentParser, cli_main
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -144,11 +146,11 @@ def quickstart_tokenizer_path() -> str:
     return str(asset_path("tokenizer"))
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     """Writes the quick-start tokenizer: `python -m ssrl_jax.data.tiny_tokenizer --out DIR`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = ArgumentParser(prog="python -m ssrl_jax.data.tiny_tokenizer",
+                            description=main.__doc__)
     parser.add_argument("--out", required=True, help="directory to save the tokenizer into")
     parser.add_argument("--vocab-size", type=int, default=1024)
     args = parser.parse_args(argv)

@@ -48,6 +48,7 @@ __all__ = [
     "parse_benchmarks",
     "parse_eval_specs",
     "question_indices",
+    "resolve_data_dir",
     "toyworld_data_dir",
 ]
 
@@ -142,6 +143,12 @@ def toyworld_data_dir() -> pathlib.Path:
     """The shipped toy world's test questions: ``toyworld_1hop/test.jsonl`` and
     ``toyworld_2hop/test.jsonl`` (docs/toyworld.md)."""
     return asset_path("toyworld", "benchmarks")
+
+
+def resolve_data_dir(data_dir: str) -> str:
+    """'bundled' and 'toyworld' name the shipped directories; any other value is a path."""
+    named = {"bundled": bundled_data_dir, "toyworld": toyworld_data_dir}
+    return str(named[data_dir]()) if data_dir in named else data_dir
 
 
 def benchmark_path(benchmark: Benchmark | str, data_dir: str | epath.PathLike) -> epath.Path:

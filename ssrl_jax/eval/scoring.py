@@ -23,6 +23,7 @@ from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.metrics import maj_at_k, mean_pass_at_k, powers_of_two_up_to
 from ssrl_jax.rl.rewards import majority_answer, ssrl_reward
+from ssrl_jax.token_ids import parse_token_ids
 
 __all__ = [
     "CHAT_CHOICES",
@@ -60,6 +61,7 @@ class EvalSettings:
     seed: sample j of the question at file row q uses a key made from (seed, q, j) only.
     stop_at_answer: end a response at its first ``</answer>``. Off by default: SSRL's
       protocol generates to EOS (or the cap) and scores the last ``<answer>``.
+    suppressed_token_ids: ids never generated, greedy or sampled ("5,7" or a tuple; "" = none).
     """
 
     greedy: bool = True
@@ -74,8 +76,15 @@ class EvalSettings:
     seed: int = 0
     stop_at_answer: bool = False
     prompt_source: str = "dataset"
+    suppressed_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "suppressed_token_ids",
+                               parse_token_ids(self.suppressed_token_ids))
+        except ValueError as e:
+            raise ValueError(f"suppressed_token_ids: {e}") from None
+
         def need(ok: bool, field: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{field}={getattr(self, field)!r}: must be {allowed}")

@@ -28,7 +28,7 @@ from ssrl_jax.data.prompts import prompt_source_summary, row_prompt_ids
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.scoring import (Completion, EvalSettings, aggregate, question_record,
                                    resolve_chat)
-from ssrl_jax.sampler import GREEDY, FinishReason, Sampler, SamplingConfig, TokenSource
+from ssrl_jax.sampler import FinishReason, Sampler, SamplingConfig, TokenSource
 from ssrl_jax.sampler import row_outputs
 
 __all__ = ["eval_prompt_ids", "evaluate_rows", "generate_completions", "is_hf_dir",
@@ -154,13 +154,16 @@ def evaluate_rows(sampler: Sampler, tokenizer: Any, rows: Sequence[QARow],
 
     greedy: list[Completion | None] = [None] * len(rows)
     if settings.greedy:
-        greedy = generate_completions(sampler, tokenizer, prompts, None, sampling=GREEDY,
+        greedy_sampling = SamplingConfig(temperature=0.0,
+                                         suppressed_token_ids=settings.suppressed_token_ids)
+        greedy = generate_completions(sampler, tokenizer, prompts, None, sampling=greedy_sampling,
                                       settings=settings, label=f"{label} greedy")
     k = settings.num_samples
     samples: list[list[Completion]] = [[] for _ in rows]
     if k:
         sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                                  top_k=settings.top_k)
+                                  top_k=settings.top_k,
+                                  suppressed_token_ids=settings.suppressed_token_ids)
         questions = np.repeat(indices, k)          # question-major: q0 s0..sK-1, q1 s0.., ...
         sample_ids = np.tile(np.arange(k), len(rows))
         flat = generate_completions(

@@ -76,17 +76,20 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
     real_searches, self_searches, failed_searches and queries ([{query, entropy, outcome}]).
     """
     from ssrl_jax.eval.selfsearch import eval_prompt_ids, sample_keys
-    from ssrl_jax.sampler import GREEDY, SamplingConfig, TokenSource, row_outputs
+    from ssrl_jax.sampler import SamplingConfig, TokenSource, row_outputs
 
     if not rows:
         raise ValueError("evaluate_modes needs at least one row")
     indices = list(range(len(rows))) if row_indices is None else [int(i) for i in row_indices]
     prompts = eval_prompt_ids(rows, settings, tokenizer, label=label)
     if settings.greedy:
-        sampling, keys, decoding = GREEDY, None, "greedy"
+        sampling = SamplingConfig(temperature=0.0,
+                                  suppressed_token_ids=settings.suppressed_token_ids)
+        keys, decoding = None, "greedy"
     else:
         sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                                  top_k=settings.top_k)
+                                  top_k=settings.top_k,
+                                  suppressed_token_ids=settings.suppressed_token_ids)
         keys = sample_keys(settings.seed, indices, [0] * len(rows))
         decoding = "sampled"
 

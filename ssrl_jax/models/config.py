@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from ssrl_jax.cli_errors import UserError
+
 FAMILIES = ("llama", "qwen2", "qwen3")
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -27,7 +29,7 @@ _LLAMA3_ROPE_KEYS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model configuration names an unsupported family or field value."""
 
 

@@ -200,8 +200,8 @@ def copy_tokenizer_files(source: str | os.PathLike, destination: str | os.PathLi
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             data = (source / name).read_bytes()
-            if name == "tokenizer_config.json" and (source / "tokenizer.json").is_file():
-                data = _portable_tokenizer_config(data)
+            if name == "tokenizer_config.json":
+                data = portable_tokenizer_config(data, fast=(source / "tokenizer.json").is_file())
             (destination / name).write_bytes(data)
             copied.append(name)
     if "tokenizer_config.json" not in copied or not {"tokenizer.json", "tokenizer.model",
@@ -212,17 +212,33 @@ def copy_tokenizer_files(source: str | os.PathLike, destination: str | os.PathLi
     return copied
 
 
-def _portable_tokenizer_config(data: bytes) -> bytes:
-    """Names the class older readers know when transformers >= 5 saved the tokenizer.
+def portable_tokenizer_config(data: bytes, *, fast: bool) -> bytes:
+    """tokenizer_config.json as transformers 4.4x-4.5x and 5.x all read it.
 
-    transformers 5 writes `"tokenizer_class": "TokenizersBackend"`, which
-    transformers 4 (and so many vLLM installs) cannot resolve; both load a
-    tokenizer.json as `PreTrainedTokenizerFast`.
+    transformers 5 saves two things transformers 4 (and so many vLLM installs)
+    cannot read:
+    - `"tokenizer_class": "TokenizersBackend"`: both load a tokenizer.json
+      (`fast`) as `PreTrainedTokenizerFast`.
+    - `"extra_special_tokens"` as a list (Qwen's <|im_start|>, ...): 4.x reads
+      that key as a dict of named tokens (AttributeError: 'list' object has no
+      attribute 'keys'). The list is written as `additional_special_tokens`,
+      which 4.x reads as such and 5.x renames back to `extra_special_tokens`.
+    Files that need neither change are returned as they are.
     """
     config = json.loads(data)
-    if config.get("tokenizer_class") != "TokenizersBackend":
+    changed = False
+    if fast and config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        additional = list(config.get("additional_special_tokens") or [])
+        config["additional_special_tokens"] = additional + [t for t in extra
+                                                            if t not in additional]
+        del config["extra_special_tokens"]
+        changed = True
+    if not changed:
         return data
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
     return (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Callable, Iterator
 
@@ -17,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from jax.typing import DTypeLike
+from safetensors import SafetensorError, safe_open
 
-from ssrl_jax.models.config import ModelConfig
+from ssrl_jax.cli_errors import UserError, read_json_file
+from ssrl_jax.models.config import DTYPES, ConfigError, ModelConfig
 from ssrl_jax.models.init import abstract_model, logical_axes_of, single_device_mesh
 from ssrl_jax.models.transformer import Transformer, layer_param_shapes
 from ssrl_jax.sharding import ShardingRules
@@ -46,7 +47,7 @@ _LAYER_HF_NAMES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A Hugging Face checkpoint directory is missing, incomplete or inconsistent."""
 
 
@@ -108,11 +109,16 @@ def read_hf_config(path: str) -> dict:
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{config_path}: not found (a Hugging Face model directory needs config.json)")
-    with open(config_path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
+    return read_json_file(config_path, error=CheckpointError)
+
+
+def _open_safetensors(file: str):
+    """A memory-mapped safetensors handle; an unreadable file raises CheckpointError naming it."""
+    try:
+        return safe_open(file, framework="numpy")
+    except SafetensorError as e:  # truncated or not a safetensors file at all
+        raise CheckpointError(f"cannot read the safetensors file ({e})", file,
+                              "download or export it again") from None
 
 
 class SafetensorsReader:
@@ -120,20 +126,20 @@ class SafetensorsReader:
 
     def __init__(self, path: str):
         self.path = path
+        self._handles: dict[str, object] = {}
         index_path = os.path.join(path, INDEX_FILE)
         single_path = os.path.join(path, SINGLE_FILE)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f).get("weight_map")
+            index = read_json_file(index_path, error=CheckpointError)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index_path}: has no 'weight_map' object")
             self._file_of = {name: os.path.join(path, file) for name, file in weight_map.items()}
         elif os.path.isfile(single_path):
-            with safe_open(single_path, framework="numpy") as f:
-                self._file_of = {name: single_path for name in f.keys()}
+            self._handles[single_path] = _open_safetensors(single_path)
+            self._file_of = {name: single_path for name in self._handles[single_path].keys()}
         else:
             raise CheckpointError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
-        self._handles: dict[str, object] = {}
 
     def names(self) -> set[str]:
         return set(self._file_of)
@@ -143,7 +149,7 @@ class SafetensorsReader:
         if file not in self._handles:
             if not os.path.isfile(file):
                 raise CheckpointError(f"{file}: listed in {INDEX_FILE} for {name!r} but missing")
-            self._handles[file] = safe_open(file, framework="numpy")
+            self._handles[file] = _open_safetensors(file)
         return self._handles[file]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -216,17 +222,40 @@ def load_params(reader: SafetensorsReader, config: ModelConfig, graph_state: nnx
         yield spec.ours, stacked
 
 
-def load_pretrained(path: str, *, dtype: str = "bfloat16", compute_dtype: str | None = None,
+def dtype_name(value: DTypeLike, argument: str) -> str:
+    """'float32' for "float32", jnp.float32 or np.dtype("float32"); ConfigError otherwise."""
+    try:
+        name = jnp.dtype(value).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ConfigError(f"{argument}={value!r} is not one of {DTYPES} (a name or a jnp dtype)")
+    return name
+
+
+def default_param_dtype(mesh: jax.sharding.Mesh | None) -> str:
+    """float32 on CPU (exact parity with transformers' fp32), bfloat16 on GPU / TPU."""
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return "float32" if platform == "cpu" else "bfloat16"
+
+
+def load_pretrained(path: str, *, dtype: DTypeLike | None = None,
+                    compute_dtype: DTypeLike | None = None,
                     mesh: jax.sharding.Mesh | None = None, rules: ShardingRules = ShardingRules(),
                     **config_overrides) -> Transformer:
     """Loads a local Hugging Face directory (config.json + safetensors) into a sharded model.
 
-    `dtype` is the parameter dtype; `compute_dtype` defaults to it. Every
-    tensor is checked against the config before any is loaded.
+    `dtype` is the parameter dtype, a name ("bfloat16") or a jnp dtype
+    (jnp.bfloat16); None is float32 on CPU and bfloat16 on GPU / TPU
+    (`default_param_dtype`). `compute_dtype` defaults to it. Every tensor is
+    checked against the config before any is loaded.
     """
+    dtype = dtype_name(dtype, "dtype") if dtype is not None else default_param_dtype(mesh)
+    compute_dtype = dtype_name(compute_dtype, "compute_dtype") if compute_dtype is not None \
+        else dtype
     config = ModelConfig.from_hf_config(
         read_hf_config(path), source=os.path.join(path, CONFIG_FILE),
-        param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
+        param_dtype=dtype, dtype=compute_dtype, **config_overrides)
     reader = SafetensorsReader(path)
     check_tensors(reader, tensor_specs(config), tied=config.tie_word_embeddings)
     mesh = mesh or single_device_mesh()

@@ -5,10 +5,10 @@ Used by the `generate` CLI and by anything else that starts from strings.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
+from ssrl_jax.cli_errors import read_json_file
 from ssrl_jax.models import ModelConfig
 from ssrl_jax.sampler.sources import FinishReason, TokenSource
 from ssrl_jax.sampler.state import RowOutput
@@ -43,8 +43,7 @@ def eos_ids(model_dir: str, config: ModelConfig, tokenizer: Any = None) -> tuple
     ids = list(config.eos_token_ids)
     path = os.path.join(model_dir, GENERATION_CONFIG_FILE)
     if os.path.isfile(path):
-        with open(path) as f:
-            ids += _as_ids(json.load(f).get("eos_token_id"))
+        ids += _as_ids(read_json_file(path).get("eos_token_id"))
     if tokenizer is not None:
         ids += _as_ids(tokenizer.eos_token_id)
     return tuple(dict.fromkeys(i for i in ids if 0 <= i < config.vocab_size))

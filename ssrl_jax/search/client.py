@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from ssrl_jax.cli_errors import UserError
 from ssrl_jax.search.corpus import split_title
 from ssrl_jax.search.retriever import Hit
 
@@ -38,7 +39,7 @@ COUNTERS = ("queries", "cache_hits", "requests", "retries", "failures")
 _DETAIL_LIMIT = 300
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """The retriever could not answer and the failure policy is ``"fail"``."""
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from ssrl_jax.cli_errors import UserError, utf8_lines
+
 __all__ = ["CorpusError", "DocStore", "iter_corpus", "read_corpus", "split_title"]
 
 DOCUMENTS_FILE = "documents.jsonl"
@@ -27,7 +29,7 @@ OFFSETS_FILE = "offsets.npy"
 _REPR_LIMIT = 60
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus row that cannot be used; the message names the file, the line and the field."""
 
 
@@ -60,8 +62,8 @@ def iter_corpus(path: str | os.PathLike) -> Iterator[dict[str, str]]:
     """
     path = pathlib.Path(path)
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, line in utf8_lines(f, str(path), error=CorpusError):
             if not line.strip():
                 continue
             where = f"{path}:{line_no}"

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ssrl_jax.cli_errors import ArgumentParser, cli_main, exit_user_error, user_message
 from ssrl_jax.search.corpus import DocStore, read_corpus
 
 __all__ = [
@@ -184,7 +185,7 @@ def build_dense_index(
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ssrl_jax.search.index", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m ssrl_jax.search.index", description=__doc__.split("\n")[0])
     p.add_argument("--corpus", required=True, help="corpus jsonl: one {'id': str, 'contents': 'Title\\ntext'} per line")
     p.add_argument("--out", required=True, help="index directory to create")
     p.add_argument("--kind", choices=("bm25", "dense"), default="bm25")
@@ -205,6 +206,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     from ssrl_jax.search.retriever import keep_jax_on_cpu
@@ -227,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
             )
     except (OSError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        exit_user_error(user_message(e) or str(e))
     took = time.perf_counter() - start
     print(f"built {manifest['kind']} index of {manifest['documents']} documents in {args.out} ({took:.1f}s)")
     return 0

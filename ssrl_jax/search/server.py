@@ -41,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ssrl_jax.cli_errors import ArgumentParser, cli_main, exit_user_error, user_message
 from ssrl_jax.search.retriever import Hit, Retriever
 
 __all__ = ["Limits", "create_app", "main", "parse_request"]
@@ -215,7 +216,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ssrl_jax.search.server", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m ssrl_jax.search.server", description=__doc__.split("\n")[0])
     p.add_argument("--index", required=True, help="index directory built by `python -m ssrl_jax.search.index`")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -236,6 +237,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     from ssrl_jax.search.retriever import keep_jax_on_cpu, load_retriever
@@ -257,8 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             body_timeout_s=args.body_timeout,
         )
     except (OSError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        exit_user_error(user_message(e) or str(e))
     if not _is_loopback(args.host):
         log.warning("listening on %s: the retriever has no authentication; anyone who can reach it may query it",
                     args.host)

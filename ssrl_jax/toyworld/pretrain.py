@@ -41,7 +41,6 @@ given `--seed` (the world, the split, the tokenizer, the data order and the init
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -55,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from ssrl_jax.cli_errors import ArgumentParser, cli_main
 from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.toyworld.corpus import documents, format_information, write_corpus
 from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
@@ -398,8 +398,10 @@ def run(out: str | os.PathLike, settings: PretrainSettings, *, eval_splits=("tra
     return log
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m ssrl_jax.toyworld.pretrain",
+                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     defaults = PretrainSettings()
     for field in dataclasses.fields(PretrainSettings):

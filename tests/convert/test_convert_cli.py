@@ -3,6 +3,7 @@ transformers with our logits, and errors that name the flag and path."""
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -18,7 +19,7 @@ from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
 from ssrl_jax.models import ModelConfig, RopeScaling, abstract_model
 from ssrl_jax.models.init import state_shardings
 from ssrl_jax.sharding import ShardingRules, make_mesh
-from tests.helpers import TINY_HF_CONFIGS, build_hf_model, padded_batch
+from tests.helpers import TINY_HF_CONFIGS, build_hf_model, padded_batch, user_error
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -147,40 +148,44 @@ def test_checkpoint_tokenizer_is_found_beside_a_moved_workdir(trained, tmp_path,
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
-def test_errors_name_the_flag_and_the_path(trained, tmp_path):
+def test_errors_name_the_flag_and_the_path(trained, tmp_path, capsys):
     model, workdir = trained
-    with pytest.raises(SystemExit, match=f"--checkpoint .*{tmp_path / 'absent'}"):
-        main(["orbax-to-hf", "--checkpoint", str(tmp_path / "absent"),
-              "--out", str(tmp_path / "hf")])
+
+    def error(*argv):  # exit 2 with one `error: ...` line, no traceback
+        return user_error(capsys, main, list(argv))
+
+    hf = str(tmp_path / "hf")
+    assert re.search(f"--checkpoint .*{tmp_path / 'absent'}",
+                     error("orbax-to-hf", "--checkpoint", str(tmp_path / "absent"), "--out", hf))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no complete checkpoint"):
-        main(["orbax-to-hf", "--checkpoint", str(tmp_path / "empty"),
-              "--out", str(tmp_path / "hf")])
+    assert "no complete checkpoint" in error("orbax-to-hf", "--checkpoint",
+                                             str(tmp_path / "empty"), "--out", hf)
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(SystemExit, match=f"--out {tmp_path / 'full'}: directory is not empty"):
-        main(["orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "full")])
+    assert f"--out {tmp_path / 'full'}: directory is not empty" in error(
+        "orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "full"))
 
     no_tokenizer = tmp_path / "run"
     checkpoints.write_params_checkpoint(checkpoints.checkpoint_dir(no_tokenizer),
                                         nnx.state(model, nnx.Param), CONFIG,
                                         extra_meta={"tokenizer": None})
-    with pytest.raises(SystemExit, match="no tokenizer.*--tokenizer DIR or --no-tokenizer"):
-        main(["orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", str(tmp_path / "hf")])
-    with pytest.raises(SystemExit, match=f"--tokenizer {tmp_path}: no tokenizer files"):
-        main(["orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", str(tmp_path / "hf"),
-              "--tokenizer", str(tmp_path)])
-    main(["orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", str(tmp_path / "hf"),
-          "--no-tokenizer"])
+    assert re.search("no tokenizer.*--tokenizer DIR or --no-tokenizer",
+                     error("orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", hf))
+    assert f"--tokenizer {tmp_path}: no tokenizer files" in error(
+        "orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", hf, "--tokenizer",
+        str(tmp_path))
+    main(["orbax-to-hf", "--checkpoint", str(no_tokenizer), "--out", hf, "--no-tokenizer"])
     assert not os.path.exists(tmp_path / "hf" / "tokenizer.json")
 
-    with pytest.raises(SystemExit, match="--hf .*: not a Hugging Face model directory"):
-        main(["hf-to-orbax", "--hf", str(tmp_path / "empty"), "--out", str(tmp_path / "w")])
-    with pytest.raises(SystemExit, match="--out .*: exists and is not an empty directory"):
-        main(["hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "full")])
-    with pytest.raises(SystemExit, match="--hf .*: no tokenizer files"):
-        main(["hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "w")])
+    assert re.search("--hf .*: not a Hugging Face model directory",
+                     error("hf-to-orbax", "--hf", str(tmp_path / "empty"), "--out",
+                           str(tmp_path / "w")))
+    assert re.search("--out .*: exists and is not an empty directory",
+                     error("hf-to-orbax", "--hf", hf, "--out", str(tmp_path / "full")))
+    assert re.search("--hf .*: no tokenizer files",
+                     error("hf-to-orbax", "--hf", hf, "--out", str(tmp_path / "w")))
+    assert "invalid choice: 'bogus'" in error("bogus")
 
 
 def test_parse_size():

@@ -170,3 +170,23 @@ def test_generation_config_merges_eos_from_base_config_and_tokenizer():
     assert got == {"eos_token_id": [7, 1, 4], "bos_token_id": 0, "pad_token_id": 5,
                    "temperature": 0.7}
     assert export.generation_config_for(config)["eos_token_id"] == 1
+
+
+def test_tokenizer_config_is_rewritten_for_transformers_4_and_still_loads_in_5(tmp_path):
+    from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(quickstart_tokenizer_path())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.save_pretrained(tmp_path / "saved")  # transformers 5: a list, TokenizersBackend
+    export.copy_tokenizer_files(tmp_path / "saved", tmp_path / "copy")
+    config = json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text())
+    assert "extra_special_tokens" not in config  # a dict of named tokens to transformers 4
+    assert config["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    copied = transformers.AutoTokenizer.from_pretrained(tmp_path / "copy")
+    assert copied.extra_special_tokens == ["<|im_start|>", "<|im_end|>"]
+    text = "<|im_start|>user hi<|im_end|>"
+    assert copied.encode(text) == tokenizer.encode(text)
+    # Named extra tokens (a dict) are what transformers 4 expects: kept as they are.
+    named = json.dumps({"extra_special_tokens": {"image_token": "<img>"}}).encode()
+    assert export.portable_tokenizer_config(named, fast=True) == named

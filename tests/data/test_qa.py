@@ -127,6 +127,15 @@ def test_jsonl_bad_row_names_file_line_and_field(tmp_path, line, field, problem)
     assert problem in message
 
 
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(ROW).encode() + b"\n" + json.dumps(
+        dict(ROW, question="caf\u00e9?"), ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=rf"not UTF-8 text \(byte \d+ of the line is b'\\xe9'\), "
+                       rf"{re.escape(str(path))}: line 2, convert the file to UTF-8"):
+        read_qa(path)
+
+
 def test_empty_file_and_unknown_type_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"empty\.jsonl: no rows"):
         read_qa(write_lines(tmp_path / "empty.jsonl", [""]))

@@ -18,6 +18,7 @@ from ssrl_jax import evaluate
 from ssrl_jax.eval.benchmarks import BenchmarkFileError, question_indices
 from tests.eval.test_selfsearch import write_answering_model
 from tests.search_r1_data import write_search_r1_parquet
+from tests.helpers import user_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "eval_selfsearch.py")
@@ -201,11 +202,66 @@ def test_cli_reads_a_search_r1_test_parquet_with_its_prompts(model_dir, tmp_path
     assert all(l["greedy"]["finish_reason"] == "length" for l in lines)
 
 
-def test_missing_benchmark_file_fails_before_loading_the_model(tmp_path):
+def test_missing_benchmark_file_fails_before_loading_the_model(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     with pytest.raises(BenchmarkFileError, match="bamboogle/test.jsonl"):
-        evaluate.main(argv(model=tmp_path / "model", data_dir=tmp_path,
-                           benchmarks="bamboogle"))
+        evaluate.run(evaluate.parse_config(argv(model=tmp_path / "model", data_dir=tmp_path,
+                                                benchmarks="bamboogle")))
+    error = user_error(capsys, evaluate.main, argv(model=tmp_path / "model", data_dir=tmp_path,
+                                                   benchmarks="bamboogle"))
+    assert "bamboogle/test.jsonl" in error
+
+
+def load_eval_gpu():
+    spec = importlib.util.spec_from_file_location("eval_gpu", EVAL_GPU)
+    eval_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_gpu)
+    return eval_gpu
+
+
+def paris_id(model_dir):
+    import transformers
+
+    (token,) = transformers.AutoTokenizer.from_pretrained(model_dir).encode(
+        " Paris", add_special_tokens=False)
+    return token
+
+
+def test_suppressed_tokens_change_the_greedy_answer(model_dir, tmp_path):
+    """The model answers Paris greedily (Paris and Rome tie); with Paris's id suppressed, the
+    same greedy decoding answers Rome, in both evaluators."""
+    results = evaluate.main(argv(model=model_dir, benchmarks="hotpotqa", data_dir="bundled",
+                                 limit=3, num_samples=0, max_new_tokens=12, dtype="float32",
+                                 suppressed_token_ids=paris_id(model_dir),
+                                 output_dir=tmp_path / "jax"))
+    assert list(results["settings"]["suppressed_token_ids"]) == [paris_id(model_dir)]
+    lines = (tmp_path / "jax" / "hotpotqa.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["greedy"]["answer"] for r in records] == ["Rome"] * 3
+
+
+def test_gpu_script_accepts_toyworld_and_suppressed_tokens(model_dir, tmp_path):
+    results = load_eval_gpu().main([
+        "--model", str(model_dir), "--data-dir", "toyworld", "--limit", "2",
+        "--num-samples", "0", "--max-new-tokens", "12", "--dtype", "float32",
+        "--backend", "transformers", "--output-dir", str(tmp_path),
+        "--suppressed-token-ids", str(paris_id(model_dir))])
+    assert list(results["benchmarks"]) == ["toyworld_1hop", "toyworld_2hop"]
+    for name in results["benchmarks"]:
+        records = [json.loads(l) for l in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["greedy"]["answer"] for r in records] == ["Rome", "Rome"]
+
+
+def test_gpu_script_user_errors_exit_2(model_dir, tmp_path, capsys):
+    main = load_eval_gpu().main
+    assert "--model" in user_error(capsys, main, ["--model", str(tmp_path), "--data-dir",
+                                                  "bundled"])
+    assert "--limit=-1" in user_error(capsys, main, ["--model", str(model_dir), "--data-dir",
+                                                     "bundled", "--limit", "-1"])
+    assert "suppressed_token_ids" in user_error(capsys, main, [
+        "--model", str(model_dir), "--data-dir", "bundled", "--suppressed-token-ids", "x"])
+    assert "squad" in user_error(capsys, main, ["--model", str(model_dir), "--data-dir",
+                                                "bundled", "--benchmarks", "squad"])
 
 
 def test_gpu_script_vllm_backend_with_a_stand_in_module(monkeypatch, tmp_path):

@@ -106,9 +106,10 @@ def test_create_errors():
 
 def test_setup_uploads_tree_installs_and_verifies_on_all_workers():
     tar, scp, install, verify = dry_run(*LOCATION, "setup")
-    assert tar[:3] == ["tar", "-czf", tpu.LOCAL_TARBALL] and "--exclude=.git" in tar
+    local = os.path.join(tpu.DRY_RUN_TARBALL_DIR, "ssrl_jax-src.tar.gz")
+    assert tar[:3] == ["tar", "-czf", local] and "--exclude=.git" in tar
     assert "--exclude=.venv" in tar and tar[-3:] == ["-C", str(SCRIPT.parents[1]), "."]
-    assert scp[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tpu.LOCAL_TARBALL,
+    assert scp[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", local,
                        "my-tpu:ssrl_jax-src.tar.gz"]
     assert "--worker=all" in scp
     for ssh in (install, verify):
@@ -150,6 +151,32 @@ def test_train_env_and_local_workdir_warning():
     assert "JAX_COMPILATION_CACHE_DIR=gs://b/cache" in script
     assert "TPU_STDERR_LOG_LEVEL=0" in script and "TPU_STDERR_LOG_LEVEL=1" not in script
     assert "X='a b'" in script
+
+
+@pytest.mark.parametrize("item", ["X;touch INJECTED;Y=1", "$(touch INJECTED)=1", "1X=1",
+                                  "A B=1", "X-Y=1"])
+def test_train_refuses_env_names_that_are_not_shell_names(item):
+    result = launch(*LOCATION, "--dry-run", "train", "--workdir", "gs://b/r", "--env", item)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "is not an environment variable name" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --env ")
+
+
+def test_env_values_reach_the_trainer_verbatim_and_run_nothing(tmp_path):
+    """Values with shell syntax are exported as they are, on a simulated worker."""
+    values = {"A": "x;touch INJECTED", "B": "$(touch INJECTED2)", "C": "`touch I3` 'q' \\"}
+    (ssh,) = dry_run(*LOCATION, "train", "--workdir", "gs://b/r",
+                     *[f"--env={k}={v}" for k, v in values.items()])
+    script = remote(ssh).replace("nohup setsid", "env > \"$HOME/env\"; : ")
+    home = tmp_path / "home"
+    (home / "ssrl_jax").mkdir(parents=True)
+    done = subprocess.run(["sh", "-c", script], env=dict(os.environ, HOME=str(home)),
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    exported = dict(line.split("=", 1) for line in (home / "env").read_text().splitlines()
+                    if line[:2] in ("A=", "B=", "C="))
+    assert exported == values
+    assert not list(tmp_path.rglob("INJECTED*")) and not list(tmp_path.rglob("I3"))
 
 
 # ------------------------------------------------------ logs, stop, delete ----
@@ -197,6 +224,7 @@ FAKE_GCLOUD = """#!/bin/sh
 echo "$*" >> "$FAKE_LOG"
 case "$*" in
   "config get-value project") echo fake-proj; exit 0 ;;
+  *"tpu-vm scp"*) cp "$5" "$FAKE_LOG.upload"; stat -c %a "$(dirname "$5")" > "$FAKE_LOG.mode" ;;
   *"queued-resources describe"*) echo "$FAKE_STATE" ;;
 esac
 exit "${FAKE_RC:-0}"
@@ -247,7 +275,13 @@ def test_real_setup_builds_tarball_without_git(fake_gcloud, tmp_path):
     (source / "pyproject.toml").write_text("[project]\n")
     result, calls = fake_gcloud(*LOCATION, "--project", "p", "setup", "--source", str(source))
     assert result.returncode == 0, result.stderr
-    tarball = tmp_path / "ssrl_jax-src.tar.gz"
+    local = calls[0].split()[4]  # a private directory of its own, removed after the upload
+    assert os.path.dirname(os.path.dirname(local)) == str(tmp_path)
+    assert os.path.basename(os.path.dirname(local)).startswith("ssrl_jax-src.")
+    assert (tmp_path / "gcloud.log.mode").read_text().strip() == "700"
+    assert not os.path.exists(os.path.dirname(local))
+    assert not (tmp_path / "ssrl_jax-src.tar.gz").exists()
+    tarball = tmp_path / "gcloud.log.upload"
     names = subprocess.run(["tar", "-tzf", str(tarball)], capture_output=True,
                            text=True).stdout.split()
     assert "./pyproject.toml" in names and not any(".git" in n for n in names)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from ssrl_jax.models import CheckpointError, load_pretrained, preset  # noqa: E402
+from ssrl_jax.models import CheckpointError, ConfigError, load_pretrained, preset  # noqa: E402
 from ssrl_jax.sharding import make_mesh  # noqa: E402
 from tests.helpers import build_hf_model, padded_batch  # noqa: E402
 
@@ -45,6 +45,34 @@ def test_bfloat16_load(sharded_dir):
     model = load_pretrained(str(path), dtype="bfloat16")
     assert model.layers.wq[...].dtype == jnp.bfloat16
     assert model.config.dtype == "bfloat16"
+
+
+def test_dtype_takes_jnp_dtypes_and_defaults_to_float32_on_cpu(sharded_dir):
+    path, (ids, mask, expected) = sharded_dir
+    model = load_pretrained(str(path), dtype=jnp.float32, compute_dtype=jnp.bfloat16)
+    assert model.layers.wq[...].dtype == jnp.float32 and model.config.dtype == "bfloat16"
+    default = load_pretrained(str(path))  # CPU: float32, transformers' fp32 logits exactly
+    assert default.layers.wq[...].dtype == jnp.float32 and default.config.dtype == "float32"
+    got = np.asarray(default(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+    np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
+    for bad in (jnp.int8, "float64", "fp32"):
+        with pytest.raises(ConfigError, match=r"dtype=.* is not one of \('float32'"):
+            load_pretrained(str(path), dtype=bad)
+
+
+def test_truncated_or_invalid_json_files_are_named(sharded_dir, tmp_path):
+    path, _ = sharded_dir
+    shutil.copytree(path, tmp_path / "cut")
+    shard = sorted((tmp_path / "cut").glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"cannot read the safetensors file .*, {shard}, "):
+        load_pretrained(str(tmp_path / "cut"))
+    (tmp_path / "cut" / "model.safetensors.index.json").write_bytes(b"{\xff")
+    with pytest.raises(CheckpointError, match="not UTF-8 text .*model.safetensors.index.json"):
+        load_pretrained(str(tmp_path / "cut"))
+    (tmp_path / "cut" / "config.json").write_text("{nope")
+    with pytest.raises(CheckpointError, match="invalid JSON .*config.json"):
+        load_pretrained(str(tmp_path / "cut"))
 
 
 def _tamper(src, dst, edit):

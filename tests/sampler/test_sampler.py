@@ -285,6 +285,19 @@ def test_sampled_rows_do_not_depend_on_the_rest_of_the_batch(sampler, sampled_ro
     assert_policy_stats_match_forward(sampler_model(sampler), sampled_rows[:2])
 
 
+def test_a_suppressed_token_never_appears_even_where_greedy_picks_it(sampler, greedy_rows):
+    row = greedy_rows[1]
+    greedy = policy_tokens(row)[:16]
+    banned = int(np.bincount(greedy).argmax())  # greedy's most frequent token
+    first = int(np.flatnonzero(greedy == banned)[0])
+    sampling = SamplingConfig(temperature=0.0, suppressed_token_ids=(banned,))
+    state = sampler.generate([PROMPTS[1]], max_new_tokens=16, cache_len=CACHE_LEN,
+                             sampling=sampling)
+    tokens = policy_tokens(row_outputs(state)[0])
+    assert banned not in tokens and len(tokens) == 16
+    np.testing.assert_array_equal(tokens[:first], greedy[:first])  # same until greedy's pick
+
+
 def test_errors_name_the_argument(sampler):
     with pytest.raises(ValueError, match="cache_len"):
         sampler.generate(PROMPTS, max_new_tokens=4, cache_len=16)

@@ -30,6 +30,17 @@ def test_greedy_is_argmax():
     np.testing.assert_array_equal(sample_tokens(LOGITS, row_keys(0, 2), GREEDY), [1, 0])
 
 
+def test_suppressed_tokens_are_never_picked():
+    greedy = SamplingConfig(temperature=0.0, suppressed_token_ids=(1, 0))
+    np.testing.assert_array_equal(sample_tokens(LOGITS, row_keys(0, 2), greedy), [3, 4])
+    tokens = draws(SamplingConfig(temperature=1.0, suppressed_token_ids="1, 3"))
+    assert not {1, 3} & set(tokens.ravel()) and len(set(tokens[:, 0])) == 4
+    top2 = draws(SamplingConfig(temperature=1.0, top_k=2, suppressed_token_ids=(1,)))
+    assert set(top2[:, 0]) == {3, 2} and set(top2[:, 1]) == {0, 4}
+    with pytest.raises(ValueError, match="vocabulary size 6"):
+        sample_tokens(LOGITS, row_keys(0, 2), SamplingConfig(suppressed_token_ids=(6,)))
+
+
 def test_top_k_only_draws_the_k_best():
     tokens = draws(SamplingConfig(temperature=1.0, top_k=2))
     assert set(tokens[:, 0]) == {1, 3}
@@ -75,7 +86,8 @@ def test_logprob_and_entropy_are_untempered_fp32():
     assert logprob.dtype == entropy.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("field, value", [("temperature", -1.0), ("top_p", 0.0), ("top_k", -2)])
+@pytest.mark.parametrize("field, value", [("temperature", -1.0), ("top_p", 0.0), ("top_k", -2),
+                                          ("suppressed_token_ids", "5,x")])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingConfig(**{field: value})

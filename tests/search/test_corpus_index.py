@@ -12,6 +12,7 @@ from ssrl_jax.search import index as index_cli
 from ssrl_jax.search.corpus import CorpusError, DocStore, read_corpus, split_title
 from ssrl_jax.search.index import build_bm25_index, read_manifest
 from ssrl_jax.search.retriever import BM25Retriever, DenseRetriever, Hit, Retriever, load_retriever
+from tests.helpers import user_error
 
 
 # -- corpus ------------------------------------------------------------------------------------
@@ -109,8 +110,8 @@ def test_cli(corpus_path, tmp_path, capsys):
 def test_cli_reports_a_bad_corpus(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "contents": "T\\nx"}\n{"id": "b"}\n')
-    assert index_cli.main(["--corpus", str(bad), "--out", str(tmp_path / "out")]) == 1
-    assert f"{bad}:2: field 'contents' is missing" in capsys.readouterr().err
+    error = user_error(capsys, index_cli.main, ["--corpus", str(bad), "--out", str(tmp_path / "out")])
+    assert f"{bad}:2: field 'contents' is missing" in error
     assert not (tmp_path / "out").exists()
 
 
