@@ -15,7 +15,6 @@ import re
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 

@@ -16,8 +16,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-
 __all__ = ["MemoryPlan", "MemoryPlanError", "available_memory", "check_plan"]
 
 GB = 1e9
