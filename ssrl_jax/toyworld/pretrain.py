@@ -29,8 +29,8 @@ document first, and then self-search no longer pays (docs/toyworld.md, "The mode
 `--practice-known-fraction F < 1` holds out the rest of the practice people as *reading
 practice*: their documents are left out, and their trajectories show the true document with
 no loss on it, so the fact after it can only be read from the context. That teaches the model
-to use a real search's documents but costs self-search; the shipped model uses 1
-(docs/toyworld.md, "Reading practice").
+to use a real search's documents; with segment packing it costs self-search nothing, and the
+shipped model uses F = 0.5 (docs/toyworld.md, "Reading practice").
 Examples are packed into rows of `--seq-len` tokens, each example attending only to itself
 with positions from 0 (`--packing segments`); letting an example see the unrelated ones
 packed before it (`--packing concat`, the previous model) made a model that searched on
@@ -85,7 +85,9 @@ class PretrainSettings:
     doc_repeats: int = 8          # copies of each known document per pass over the data
     practice_people: int = 128    # people of the practice world (0: none), see practice_world
     practice_direct_fraction: float = 0.0  # practice trajectories search (see module doc)
-    practice_known_fraction: float = 1.0   # < 1: the rest of the practice people are reading practice
+    # The other half of the practice people are reading practice: a model that both recalls
+    # and reads what a real search returns (1.0: none; docs/toyworld.md, "Reading practice").
+    practice_known_fraction: float = 0.5
     vocab_size: int = 2048
     hidden_size: int = 128
     intermediate_size: int = 384
