@@ -19,6 +19,7 @@ from ssrl_jax.models import ModelConfig, RopeScaling, abstract_model
 from ssrl_jax.models.init import state_shardings
 from ssrl_jax.sharding import ShardingRules, make_mesh
 from tests.helpers import TINY_HF_CONFIGS, build_hf_model, padded_batch
+from tests.helpers_checkpoint_faults import flip_byte, params_data_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -159,7 +160,7 @@ def test_errors_name_the_flag_and_the_path(trained, tmp_path):
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(SystemExit, match=f"--out {tmp_path / 'full'}: directory is not empty"):
+    with pytest.raises(SystemExit, match=f"--out {tmp_path / 'full'}: holds entries that are not"):
         main(["orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "full")])
 
     no_tokenizer = tmp_path / "run"
@@ -181,6 +182,61 @@ def test_errors_name_the_flag_and_the_path(trained, tmp_path):
         main(["hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "full")])
     with pytest.raises(SystemExit, match="--hf .*: no tokenizer files"):
         main(["hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "w")])
+
+
+def test_overwrite_never_deletes_the_checkpoint_a_workdir_or_foreign_files(trained, tmp_path):
+    _, source = trained
+    workdir = tmp_path / "runs" / "grpo"
+    shutil.copytree(source, workdir)
+    before = sorted(str(p) for p in workdir.rglob("*"))
+
+    def export(out, checkpoint=workdir):
+        main(["orbax-to-hf", "--checkpoint", str(checkpoint), "--out", str(out), "--overwrite"])
+
+    for out in (workdir, tmp_path / "runs", tmp_path):
+        with pytest.raises(SystemExit, match=f"--out {out}: contains the input --checkpoint"):
+            export(out)
+    with pytest.raises(SystemExit, match=f"--out {workdir / 'tokenizer'}: lies inside the input"):
+        export(workdir / "tokenizer")
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+    other_run = tmp_path / "other"
+    shutil.copytree(source, other_run)
+    with pytest.raises(SystemExit, match="holds a training workdir or checkpoints"):
+        export(other_run)
+    assert (other_run / "checkpoints" / "7").is_dir()
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"holds entries that are not files of a Hugging Face "
+                                         r"export \(todo.txt\)"):
+        export(notes)
+    assert (notes / "todo.txt").read_text() == "mine"
+
+    out = tmp_path / "hf"
+    export(out)
+    export(out)  # an export replaces an earlier export
+    assert (out / "config.json").is_file()
+
+
+def test_corrupt_latest_step_exports_the_previous_one(trained, tmp_path, capsys, caplog):
+    model, source = trained
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    manager = checkpoints.make_manager(checkpoints.checkpoint_dir(workdir), async_save=False)
+    checkpoints.save(manager, 8, params=nnx.state(model, nnx.Param),
+                     meta={"model": checkpoints.model_meta(CONFIG),
+                           "tokenizer": str(workdir / "tokenizer")})
+    manager.wait_until_finished()
+    flip_byte(params_data_file(workdir / "checkpoints" / "8"))
+    with caplog.at_level("WARNING"):
+        main(["orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "hf")])
+    assert "exported step 7 of" in capsys.readouterr().out
+    assert "checkpoint step 8 is unreadable (CorruptCheckpointError" in caplog.text
+    with pytest.raises(SystemExit, match="checksum mismatch|NaN or infinity"):
+        main(["orbax-to-hf", "--checkpoint", str(workdir / "checkpoints" / "8"),
+              "--out", str(tmp_path / "hf8")])
 
 
 def test_parse_size():
