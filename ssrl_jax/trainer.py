@@ -486,7 +486,13 @@ def _quarantine(directory: epath.Path, steps: list[int], workdir: epath.Path) ->
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
             moved = target / f"step-{step}-{stamp}"
-            (directory / str(step)).rename(moved)
+            try:
+                (directory / str(step)).rename(moved)
+            except Exception as error:  # noqa: BLE001 - e.g. a store without directory renames
+                raise UnreadableCheckpointsError(
+                    f"{directory / str(step)}: this checkpoint step cannot be read, and moving "
+                    f"it to {moved} failed ({type(error).__name__}: {error}); move it out of "
+                    f"{directory} yourself and rerun") from error
             print(f"warning: checkpoint step {step} could not be read; moved it to {moved} "
                   "(inspect or delete it yourself)", flush=True)
     if jax.process_count() > 1:
@@ -505,7 +511,8 @@ def _resume(directory: epath.Path, state: Any, iterator: Any, identity: dict[str
     """
     if not directory.exists():
         return 0
-    manager = checkpoints.make_manager(directory, read_only=True, async_save=False)
+    # Never saves, so never deletes (max_to_keep=None); read_only=True would log a warning.
+    manager = checkpoints.make_manager(directory, max_to_keep=None, async_save=False)
     listed = sorted(manager.all_steps())
     if not listed:
         return 0
