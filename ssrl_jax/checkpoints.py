@@ -7,7 +7,8 @@ One step directory `WORKDIR/checkpoints/<step>/` holds three items:
     train/    {"opt_state": optax state, "step": int32}: absent in a checkpoint made
               by `convert hf-to-orbax`
     meta/     JSON: {"step", "model": {"hf_config", "param_dtype", "dtype"},
-              "tokenizer", "seed", "data_iterator", "config"}
+              "tokenizer", "seed", "data_iterator", "config", "identity",
+              "checksums": {"params": {leaf: [dtype, sum]}, "train": {...}}}
 
 The frozen KL reference is not saved: it is the run's initial weights and is loaded
 again from the run's model source. The per-step PRNG key is `fold_in(seed, step)`,
@@ -15,13 +16,18 @@ so the seed in `meta` is the whole RNG state. Orbax writes every step to a tempo
 directory and renames it when complete, so a step interrupted mid-write is never
 listed; a listed step that still fails to restore is skipped with a warning in
 favour of the one before it.
+
+Every restore verifies what it read: parameters must be floating point and finite, and
+each array's bit checksum (`ssrl_jax.tree_checks`, stored in `meta` at save time) must
+match, so a flipped byte on disk is reported as a corrupt step naming the array instead
+of being trained on or evaluated. Saving refuses non-finite parameters.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +35,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from ssrl_jax import tree_checks
 from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import ModelConfig
+from ssrl_jax.models.hf import CheckpointError
 from ssrl_jax.models.init import abstract_model, single_device_mesh, state_shardings
 from ssrl_jax.sharding import ShardingRules
 
@@ -46,6 +54,14 @@ log = logging.getLogger(__name__)
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """No complete checkpoint exists where one was asked for."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A listed step restored, but what it holds is not what was saved (or not usable)."""
+
+
+class NonFiniteParamsError(ValueError):
+    """Parameters holding NaN or infinity were about to be saved."""
 
 
 def absolute(path: str | epath.Path) -> epath.Path:
@@ -98,11 +114,22 @@ def params_tree(params: nnx.State) -> dict:
 
 def save(manager: ocp.CheckpointManager, step: int, *, params: nnx.State, meta: dict[str, Any],
          opt_state: Any = None, force: bool = False) -> bool:
-    """Saves one step (asynchronously when the manager is async). True if a save started."""
-    items = {PARAMS: ocp.args.StandardSave(params_tree(params)),
-             META: ocp.args.JsonSave({**meta, "step": int(step)})}
+    """Saves one step (asynchronously when the manager is async). True if a save started.
+
+    Raises NonFiniteParamsError, saving nothing, when a parameter holds NaN or infinity.
+    """
+    tree = params_tree(params)
+    bad = tree_checks.non_finite_leaves(tree)
+    if bad:
+        raise NonFiniteParamsError(f"step {step}: parameters {', '.join(bad)} hold NaN or "
+                                   "infinity; not saved")
+    sums = {PARAMS: tree_checks.checksums(tree)}
+    items = {PARAMS: ocp.args.StandardSave(tree)}
     if opt_state is not None:
-        items[TRAIN] = ocp.args.StandardSave({"opt_state": opt_state, "step": jnp.int32(step)})
+        train = {"opt_state": opt_state, "step": jnp.int32(step)}
+        sums[TRAIN] = tree_checks.checksums(train)
+        items[TRAIN] = ocp.args.StandardSave(train)
+    items[META] = ocp.args.JsonSave({**meta, "step": int(step), "checksums": sums})
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -177,26 +204,82 @@ def abstract_params(config: ModelConfig, mesh: jax.sharding.Mesh,
     return graphdef, state, target
 
 
+def read_step_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The JSON metadata of one step (nothing else is read)."""
+    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+
+
+def stored_dtypes(manager: ocp.CheckpointManager, step: int) -> dict[str, str]:
+    """{leaf name: dtype} of the parameters as written on disk (read from Orbax's metadata)."""
+    metadata = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / PARAMS)
+    tree = getattr(metadata, "tree", metadata)
+    return {name: str(leaf.dtype) for name, leaf in tree_checks.named_leaves(tree).items()}
+
+
+def verify(step_dir: epath.Path, restored: dict[str, Any]) -> None:
+    """Raises CorruptCheckpointError naming the arrays that are not what `save` wrote."""
+    expected = restored[META].get("checksums") or {}
+    for item in (PARAMS, TRAIN):
+        if item not in restored:
+            continue
+        bad = tree_checks.non_finite_leaves(restored[item])
+        if bad:
+            raise CorruptCheckpointError(f"{step_dir}: {item} {', '.join(bad)} hold NaN or "
+                                         "infinity")
+        if item in expected:
+            bad = tree_checks.checksum_mismatches(restored[item], expected[item])
+            if bad:
+                raise CorruptCheckpointError(
+                    f"{step_dir}: {item} {', '.join(bad)} differ from what was saved "
+                    "(checksum mismatch: the files were modified or damaged)")
+
+
 def restore_step(manager: ocp.CheckpointManager, step: int, *, params_target: dict,
                  train_target: Any = None) -> dict[str, Any]:
-    """Restores one step: {"params": pure dict, "meta": dict, "train": ... or absent}."""
+    """Restores and verifies one step: {"params": pure dict, "meta": dict, "train": ...}.
+
+    Raises CorruptCheckpointError when the stored parameters are not floating point
+    (e.g. quantised integers), hold NaN / infinity, or fail their saved checksums.
+    """
+    step_dir = manager.directory / str(step)
+    not_float = {name: dtype for name, dtype in stored_dtypes(manager, step).items()
+                 if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating)}
+    if not_float:
+        raise CorruptCheckpointError(
+            f"{step_dir}: parameters must be floating point; stored as "
+            + ", ".join(f"{name} {dtype}" for name, dtype in sorted(not_float.items())))
     items = {PARAMS: ocp.args.StandardRestore(params_target), META: ocp.args.JsonRestore()}
     if train_target is not None:
         items[TRAIN] = ocp.args.StandardRestore(train_target)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return {name: restored[name] for name in items}
+    restored = {name: restored[name] for name in items}
+    verify(step_dir, restored)
+    return restored
 
 
 def restore_latest(manager: ocp.CheckpointManager, directory: epath.Path, *,
                    params_target: dict, train_target: Any = None,
-                   step: int | None = None) -> tuple[int, dict[str, Any]] | None:
+                   step: int | None = None,
+                   check_meta: Callable[[int, dict[str, Any]], None] | None = None
+                   ) -> tuple[int, dict[str, Any]] | None:
     """The newest step that restores (or exactly `step`); None when there is none.
 
     A step that fails to restore is skipped with a warning naming it and the
-    cause, and the one before it is tried.
+    cause, and the one before it is tried. `check_meta(step, meta)` runs on each
+    step's metadata before its arrays are read; what it raises is not caught.
     """
     steps = [step] if step is not None else candidate_steps(manager, directory)
     for candidate in steps:
+        try:
+            meta = read_step_meta(manager, candidate)
+        except Exception as error:  # noqa: BLE001 - any unreadable step is skipped alike
+            if step is not None:
+                raise
+            log.warning("%s: checkpoint step %d has unreadable metadata (%s: %s); trying the "
+                        "previous one", directory, candidate, type(error).__name__, error)
+            continue
+        if check_meta is not None:
+            check_meta(candidate, meta)
         try:
             return candidate, restore_step(manager, candidate, params_target=params_target,
                                            train_target=train_target)
@@ -215,9 +298,7 @@ def read_meta(path: str | epath.Path) -> tuple[int, dict[str, Any]]:
     steps = [step] if step is not None else candidate_steps(manager, directory)
     for candidate in steps:
         try:
-            meta = manager.restore(candidate, args=ocp.args.Composite(
-                **{META: ocp.args.JsonRestore()}))[META]
-            return candidate, meta
+            return candidate, read_step_meta(manager, candidate)
         except Exception as error:  # noqa: BLE001
             if step is not None:
                 raise
@@ -231,16 +312,36 @@ def load_model(path: str | epath.Path, *, mesh: jax.sharding.Mesh | None = None,
                ) -> tuple[nnx.Module, dict[str, Any]]:
     """The policy model stored at `path`, placed on `mesh`, and the checkpoint's meta.
 
-    `config_overrides` (e.g. `param_dtype="float32"`) change how it is loaded;
-    a different parameter dtype is cast on restore.
+    `path` without a step: the newest step that restores and verifies; an unreadable
+    or corrupt newer one is skipped with a warning naming it. `config_overrides`
+    (e.g. `param_dtype="float32"`) change how it is loaded; the parameters are read
+    and verified in their stored dtype, then cast.
     """
     directory, step = locate(path)
-    step, meta = read_meta(directory / str(step) if step is not None else directory)
-    config = model_config_from_meta(meta, source=str(directory / str(step)), **config_overrides)
     mesh = mesh or single_device_mesh()
-    graphdef, state, target = abstract_params(config, mesh, rules)
     manager = make_manager(directory, read_only=True, async_save=False)
-    restored = restore_step(manager, step, params_target=target)
-    nnx.replace_by_pure_dict(state, restored[PARAMS])
-    meta = {**restored[META], "step": step}
-    return nnx.merge(graphdef, state), meta
+    steps = [step] if step is not None else candidate_steps(manager, directory)
+    skipped = []
+    for candidate in steps:
+        source = str(directory / str(candidate))
+        try:
+            meta = read_step_meta(manager, candidate)
+            stored = model_config_from_meta(meta, source=source)
+            restored = restore_step(manager, candidate,
+                                    params_target=abstract_params(stored, mesh, rules)[2])
+        except Exception as error:  # noqa: BLE001 - any unreadable step is skipped alike
+            if step is not None:
+                raise
+            log.warning("%s: checkpoint step %d is unreadable (%s: %s); trying the previous one",
+                        directory, candidate, type(error).__name__, error)
+            skipped.append(f"step {candidate} ({type(error).__name__}: {error})")
+            continue
+        config = model_config_from_meta(meta, source=source, **config_overrides)
+        graphdef, state, target = abstract_params(config, mesh, rules)
+        params = jax.tree.map(lambda x, t: x.astype(t.dtype), restored[PARAMS], target)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state), {**restored[META], "step": candidate}
+    if skipped:
+        raise CorruptCheckpointError(f"{directory}: no readable checkpoint: "
+                                     + "; ".join(skipped))
+    raise CheckpointNotFoundError(f"{directory}: no complete checkpoint")

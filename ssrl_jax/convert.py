@@ -170,23 +170,36 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
     from ssrl_jax import checkpoints
     from ssrl_jax.models.export import check_out_dir, export_hf, generation_config_for
 
+    from ssrl_jax.safe_paths import UnsafeOverwriteError
+
+    inputs = [("--checkpoint", args.checkpoint)]
+    if args.tokenizer:
+        inputs.append(("--tokenizer", args.tokenizer))
     try:
-        check_out_dir(os.path.abspath(args.out), overwrite=args.overwrite)
+        check_out_dir(os.path.abspath(args.out), overwrite=args.overwrite, inputs=inputs)
     except FileExistsError as error:
         raise ConvertError(f"--out {error}") from None
+    except UnsafeOverwriteError as error:
+        raise ConvertError(str(error)) from None
     try:
         directory, _ = checkpoints.locate(args.checkpoint)
-        step, meta = checkpoints.read_meta(args.checkpoint)
+        _, meta = checkpoints.read_meta(args.checkpoint)
     except FileNotFoundError as error:
         raise ConvertError(f"--checkpoint {error}") from None
     tokenizer_dir = _checkpoint_tokenizer(args, meta, directory)
 
-    model, meta = checkpoints.load_model(directory / str(step), mesh=_local_mesh())
+    # The newest step that restores and verifies (a corrupt newer one is skipped, named).
+    model, meta = checkpoints.load_model(args.checkpoint, mesh=_local_mesh())
+    step = meta["step"]
     generation_config = generation_config_for(
         model.config, base=meta.get("generation_config"), tokenizer_dir=tokenizer_dir)
-    summary = export_hf(model, model.config, args.out, dtype=args.dtype,
-                        max_shard_bytes=args.max_shard_size, tokenizer_dir=tokenizer_dir,
-                        generation_config=generation_config, overwrite=args.overwrite)
+    try:
+        summary = export_hf(model, model.config, args.out, dtype=args.dtype,
+                            max_shard_bytes=args.max_shard_size, tokenizer_dir=tokenizer_dir,
+                            generation_config=generation_config, overwrite=args.overwrite,
+                            inputs=inputs)
+    except UnsafeOverwriteError as error:
+        raise ConvertError(str(error)) from None
     print(f"exported step {step} of {directory} to {summary.path}: {summary.num_shards} "
           f"shard(s), {_human(summary.total_bytes)} of {args.dtype} weights")
     for name in summary.files:

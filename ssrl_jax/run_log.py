@@ -86,6 +86,14 @@ class RunLog:
                     self._writer.add_scalar(f"train/{name}", value, step)
         return record
 
+    def drop_records_after(self, step: int) -> None:
+        """Removes metrics and samples of steps after `step` (the run resumes there and
+        redoes them), and any torn last line a kill left behind."""
+        if not self.enabled:
+            return
+        for name in (METRICS_FILE, SAMPLES_FILE):
+            _keep_records_up_to(self.workdir / name, step)
+
     def progress(self, step: int, record: Mapping[str, float]) -> None:
         if self.enabled:
             print(progress_line(step, self.total_steps, record,
@@ -114,6 +122,27 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _keep_records_up_to(path: epath.Path, step: int) -> None:
+    """Rewrites the jsonl file `path` without records of steps after `step` (atomically)."""
+    if not path.exists():
+        return
+    kept, dropped = [], False
+    for line in path.read_text().splitlines():
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped = True
+            continue
+        if record_step <= step:
+            kept.append(line)
+        else:
+            dropped = True
+    if dropped:
+        partial = path.parent / f".{path.name}.partial"
+        partial.write_text("".join(line + "\n" for line in kept))
+        partial.replace(path)
 
 
 def _finite(record: Mapping[str, float]) -> dict[str, float | None]:

@@ -173,13 +173,17 @@ def _int(low: int, high: int | None = None) -> Check:
     return check
 
 
-def _number(low: float, high: float | None = None, *, open_low: bool = False) -> Check:
+def _number(low: float, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Check:
+    """A finite number in [low, high] (either end open when asked; no upper bound if None)."""
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return "a number"
-        if (v <= low if open_low else v < low) or (high is not None and v > high):
-            bound = f"> {low}" if open_low else f">= {low}"
-            return f"a number {bound}" + (f" and <= {high}" if high is not None else "")
+        bound = f"> {low}" if open_low else f">= {low}"
+        if high is not None:
+            bound += f" and < {high}" if open_high else f" and <= {high}"
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                or (v <= low if open_low else v < low)
+                or (high is not None and (v >= high if open_high else v > high))):
+            return f"a finite number {bound}"
         return None
     return check
 
@@ -248,7 +252,7 @@ _CHECKS: dict[str, Check] = {
     "grpo.clip_low": _number(0.0, 1.0),
     "grpo.clip_high": _number(0.0),
     "grpo.dual_clip": lambda v: None if v == 0 or (_number(1.0, open_low=True)(v) is None)
-    else "0 (off) or a number > 1",
+    else "0 (off) or a finite number > 1",
     "grpo.kl_coef": _number(0.0),
     "grpo.kl_estimator": _one_of(KL_ESTIMATORS),
     "grpo.entropy_coef": _number(0.0),
@@ -279,8 +283,8 @@ _CHECKS: dict[str, Check] = {
     "optim.final_lr_ratio": _number(0.0, 1.0),
     "optim.max_grad_norm": _number(0.0, open_low=True),
     "optim.weight_decay": _number(0.0),
-    "optim.b1": _number(0.0, 1.0),
-    "optim.b2": _number(0.0, 1.0),
+    "optim.b1": _number(0.0, 1.0, open_high=True),
+    "optim.b2": _number(0.0, 1.0, open_high=True),
     "mesh_layout.num_slices": _int(1),
     "mesh_layout.allow_split_physical_axes": _bool,
     "checkpoint.every_steps": _int(1),
@@ -297,6 +301,17 @@ for _axis in MESH_AXES:
 for _name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
               "head_dim"):
     _CHECKS[f"model.random.{_name}"] = _int(1)
+_CHECKS["model.random.rope_theta"] = _number(0.0, open_low=True)
+_CHECKS["model.random.tie_word_embeddings"] = _bool
+
+
+def _numeric_leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted name, value) of every int / float field, nested ones included."""
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numeric_leaves(value, f"{prefix}{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{name}", value
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -316,6 +331,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         allowed = check(value)
         if allowed is not None:
             raise ConfigFieldError(f"config.{field}={value!r} is not allowed: expected {allowed}")
+    # A field added without a check above still may not be NaN or infinite.
+    for field, value in _numeric_leaves(config):
+        if not math.isfinite(value):
+            raise ConfigFieldError(f"config.{field}={value!r} is not allowed: expected a "
+                                   "finite number")
     if sum(config.mesh[a] == -1 for a in MESH_AXES) > 1:
         raise ConfigFieldError(f"config.mesh={dict(config.mesh)}: at most one axis may be -1")
     if config.mesh.data != -1 and config.mesh.data % config.mesh_layout.num_slices:
@@ -360,8 +380,9 @@ def parse_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             raise ValueError(f"weight of {name.strip()!r} is not a number: {value!r}") from None
-        if weight < 0:
-            raise ValueError(f"weight of {name.strip()!r} is negative")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight of {name.strip()!r} must be a finite number >= 0, "
+                             f"not {value.strip()!r}")
         weights[name.strip()] = weight
     return weights
 

@@ -1,7 +1,7 @@
 """The SSRL-GRPO training loop behind `python -m ssrl_jax.train`.
 
     config (validated) -> mesh, tokenizer, model, rows -> compiled train step
-    -> resume from the workdir's latest readable checkpoint, if any
+    -> resume from the workdir's latest readable checkpoint of the same run, if any
     -> for each step: batch -> train_step -> metrics / samples -> checkpoint
     -> SIGTERM (TPU preemption): save the step just finished and return
 
@@ -14,6 +14,14 @@ Every process runs this same function (multi-host: one per TPU VM); each feeds i
 own rows, and only process 0 writes metrics. Step s uses the PRNG key
 `fold_in(key(seed), s)` and the data iterator's saved position, so a resumed run
 repeats exactly what an uninterrupted one would have done.
+
+Resume safety (docs/training.md, "Resume and safety"): every checkpoint stores the run's
+identity (`ssrl_jax.run_identity`); a workdir whose checkpoints belong to another run
+(model shape, tokenizer, seed, batch or group size, data) is refused, naming each field,
+and nothing in it is touched. A checkpoint step newer than the one resumed from that
+cannot be read or fails verification is moved to WORKDIR/quarantine/ (never deleted),
+so it is neither recomputed over nor left to make the manager drop good steps. A step
+whose loss or gradient norm is not finite stops the run before anything is saved.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from ssrl_jax import checkpoints
+from ssrl_jax import checkpoints, run_identity
 from ssrl_jax.cli_errors import read_json_file
 from ssrl_jax.data import train_batches
 from ssrl_jax.data.pipeline import make_qa_iterator, num_batches
@@ -50,6 +58,21 @@ from ssrl_jax.sharding import ShardingRules, make_mesh
 from ssrl_jax import train_config as tc
 
 TOKENIZER_SUBDIR = "tokenizer"
+QUARANTINE_SUBDIR = "quarantine"
+# Step metrics that must be finite for the step's update to be kept.
+FINITE_METRICS = ("loss", "grad_norm", "kl")
+
+
+class RunMismatchError(tc.ConfigFieldError):
+    """The workdir's checkpoints belong to a different run than the config describes."""
+
+
+class UnreadableCheckpointsError(tc.ConfigFieldError):
+    """The workdir lists checkpoints, but none of them can be restored."""
+
+
+class TrainingDivergedError(tc.ConfigFieldError):
+    """A step produced a non-finite loss or gradient norm; nothing was saved for it."""
 
 
 @dataclasses.dataclass
@@ -319,24 +342,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
                                               checkpoint_meta)
     eos_ids, pad_id = eos_and_pad(model_dir, model_config, tokenizer, generation_config)
     tc.check_suppressed_token_ids(config, model_config.vocab_size)
-    runlog = RunLog(workdir_path, total_steps=0, tensorboard=config.log.tensorboard,
-                    enabled=jax.process_index() == 0)
-
     rows = train_batches.read_training_rows(tc.train_files(config),
                                             tc.parse_weights(config.data.weights),
                                             seed=config.seed)
     train_batches.check_golds(rows, max_golds=config.data.max_golds,
                               max_gold_bytes=config.data.max_gold_bytes)
+    identity = run_identity.run_identity(config, checkpoints.model_meta(model_config),
+                                         tokenizer, rows)
     rows, prompts = train_batches.tokenize_prompts(
         rows, tokenizer, mode=config.data.prompt_mode, chat=chat,
         max_prompt_tokens=config.data.max_prompt_tokens, source=config.data.prompt_source)
-    runlog.message(prompts.summary)
     total_steps = config.total_steps or num_batches(
         len(rows), batch_size=config.batch_size, num_epochs=config.num_epochs)
     if total_steps < 1:
         raise tc.ConfigFieldError(f"config.batch_size={config.batch_size}: the {len(rows)} "
                                   "training rows do not fill one batch")
-    runlog.total_steps = total_steps
     # Every host walks the same global batches and keeps the rows its devices hold
     # (train_batches.step_batch), so the run does not depend on the number of hosts.
     iterator = make_qa_iterator(rows, batch_size=config.batch_size, seed=config.seed,
@@ -369,12 +389,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
                                      state_sharding=state_sharding)
 
     directory = checkpoints.checkpoint_dir(workdir_path)
+    start_step = _resume(directory, state, iterator, identity, workdir_path)
+    # Created only now: a refused workdir is left exactly as it was.
+    runlog = RunLog(workdir_path, total_steps=total_steps, tensorboard=config.log.tensorboard,
+                    enabled=jax.process_index() == 0)
+    runlog.drop_records_after(start_step)
+    runlog.message(prompts.summary)
     manager = checkpoints.make_manager(directory, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
-    start_step = _resume(manager, directory, state, iterator)
     tokenizer_dir = save_tokenizer(tokenizer, workdir_path)
     meta_base = {"model": checkpoints.model_meta(model_config), "tokenizer": str(tokenizer_dir),
-                 "seed": config.seed, "config": config.to_dict(),
+                 "seed": config.seed, "config": config.to_dict(), "identity": identity,
                  "generation_config": generation_config}
     runlog.message(f"{model_config.family} model, {model_config.num_params() / 1e6:.1f}M "
                    f"params | {len(rows)} training rows, prompts padded to {prompts.length} "
@@ -386,7 +411,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
     end = total_steps if stop_after is None else min(total_steps, start_step + stop_after)
     last, preempted = start_step, False
     responses = config.batch_size * config.rollout.group_size
-    with jax.set_mesh(mesh), PreemptionWatch() as watch:
+    with jax.set_mesh(mesh), PreemptionWatch() as watch, _closing(manager):
         for step in range(start_step, end):
             qa = next(iterator)
             key = jax.random.fold_in(base_key, step)
@@ -416,32 +441,127 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | No
                 runlog.progress(last, record)
             if samples is not None and last % config.log.samples_every_steps == 0:
                 runlog.samples(last, decode_samples(samples, tokenizer))
+            _check_finite(last, metrics, manager, directory)
             preempted = watch.reached(last)
             if preempted or last % config.checkpoint.every_steps == 0 or last == end:
-                checkpoints.save(manager, last, params=state.params, opt_state=state.opt_state,
-                                 meta={**meta_base, "data_iterator": iterator.get_state()},
-                                 force=True)
+                try:
+                    checkpoints.save(manager, last, params=state.params,
+                                     opt_state=state.opt_state,
+                                     meta={**meta_base, "data_iterator": iterator.get_state()},
+                                     force=True)
+                except checkpoints.NonFiniteParamsError as error:
+                    raise TrainingDivergedError(
+                        f"{error}; {_kept(manager, directory)}") from error
             if preempted:
                 runlog.message(f"preempted: saved step {last}, exiting")
                 break
-    manager.wait_until_finished()
-    manager.close()
     if host_step is not None and host_step.client is not None:
         host_step.client.close()
     runlog.close()
     return RunResult(str(workdir_path), start_step, last, total_steps, preempted, history)
 
 
-def _resume(manager: ocp.CheckpointManager, directory: epath.Path, state: Any,
-            iterator: Any) -> int:
-    """Loads the latest readable checkpoint into `state` / `iterator`; returns its step."""
+class _closing:
+    """Waits for pending saves and closes the manager on leaving, also on an error."""
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+
+    def __enter__(self):
+        return self.manager
+
+    def __exit__(self, *exc):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _kept(manager: ocp.CheckpointManager, directory: epath.Path) -> str:
+    manager.wait_until_finished()
+    latest = manager.latest_step()
+    if latest is None:
+        return f"no checkpoint was saved in {directory}"
+    return (f"the latest checkpoint, step {latest} in {directory}, is unchanged and a rerun "
+            "resumes from it")
+
+
+def _check_finite(step: int, metrics: dict[str, Any], manager: ocp.CheckpointManager,
+                  directory: epath.Path) -> None:
+    """Raises TrainingDivergedError when the step's loss / gradient norm is NaN or infinite."""
+    bad = {name: float(metrics[name]) for name in FINITE_METRICS
+           if name in metrics and not np.isfinite(float(metrics[name]))}
+    if bad:
+        values = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise TrainingDivergedError(
+            f"step {step}: {values} (not finite): training stopped without saving this step; "
+            f"{_kept(manager, directory)}. Lower config.optim.learning_rate or "
+            "config.optim.max_grad_norm, or check the model weights and data")
+
+
+def _mismatch_check(identity: dict[str, Any], workdir: epath.Path):
+    def check(step: int, meta: dict[str, Any]) -> None:
+        diffs = run_identity.differences(run_identity.identity_of_meta(meta), identity)
+        if diffs:
+            raise RunMismatchError(
+                f"{workdir}: its checkpoints (step {step}) belong to a different run: "
+                f"{run_identity.describe(diffs)} (old → new). Nothing was changed in the "
+                f"workdir. Resume with the old settings, or start a fresh run with "
+                f"--workdir NEW_DIR")
+    return check
+
+
+def _quarantine(directory: epath.Path, steps: list[int], workdir: epath.Path) -> None:
+    """Moves unreadable step directories to WORKDIR/quarantine/ (process 0; never deletes)."""
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        target = workdir / QUARANTINE_SUBDIR
+        target.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step in steps:
+            moved = target / f"step-{step}-{stamp}"
+            try:
+                (directory / str(step)).rename(moved)
+            except Exception as error:  # noqa: BLE001 - e.g. a store without directory renames
+                raise UnreadableCheckpointsError(
+                    f"{directory / str(step)}: this checkpoint step cannot be read, and moving "
+                    f"it to {moved} failed ({type(error).__name__}: {error}); move it out of "
+                    f"{directory} yourself and rerun") from error
+            print(f"warning: checkpoint step {step} could not be read; moved it to {moved} "
+                  "(inspect or delete it yourself)", flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ssrl_jax quarantine")
+
+
+def _resume(directory: epath.Path, state: Any, iterator: Any, identity: dict[str, Any],
+            workdir: epath.Path) -> int:
+    """Loads the latest readable checkpoint of this run into `state` / `iterator`.
+
+    Returns its step (0 when the workdir has no checkpoint). Refuses checkpoints of
+    another run (RunMismatchError) and a workdir whose listed steps are all unreadable
+    (UnreadableCheckpointsError); steps newer than the one resumed are quarantined.
+    """
+    if not directory.exists():
+        return 0
+    # Never saves, so never deletes (max_to_keep=None); read_only=True would log a warning.
+    manager = checkpoints.make_manager(directory, max_to_keep=None, async_save=False)
+    listed = sorted(manager.all_steps())
+    if not listed:
+        return 0
     abstract = functools.partial(jax.tree.map, ocp.utils.to_shape_dtype_struct)
     restored = checkpoints.restore_latest(
         manager, directory, params_target=abstract(nnx.to_pure_dict(state.params)),
-        train_target=abstract({"opt_state": state.opt_state, "step": state.step}))
+        train_target=abstract({"opt_state": state.opt_state, "step": state.step}),
+        check_meta=_mismatch_check(identity, workdir))
+    manager.close()
     if restored is None:
-        return 0
+        raise UnreadableCheckpointsError(
+            f"{directory}: none of the checkpoint steps {listed} can be read (the warnings "
+            "above name each cause); nothing was changed. Move the workdir's checkpoints "
+            "aside to start over in it, or start a fresh run with --workdir NEW_DIR")
     step, items = restored
+    _quarantine(directory, [s for s in listed if s > step], workdir)
     nnx.replace_by_pure_dict(state.params, items[checkpoints.PARAMS])
     state.opt_state = items[checkpoints.TRAIN]["opt_state"]
     state.step = items[checkpoints.TRAIN]["step"]

@@ -26,9 +26,10 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ from flax import nnx
 
 from ssrl_jax.models.config import DTYPES, ModelConfig
 from ssrl_jax.models.hf import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TensorSpec, tensor_specs
+from ssrl_jax.safe_paths import check_replaceable
 
 GENERATION_CONFIG_FILE = "generation_config.json"  # as ssrl_jax.sampler.text names it
 # Files a tokenizer directory may hold; those present are copied.
@@ -315,11 +317,22 @@ def hf_config_json(config: ModelConfig, dtype: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------- the directory --
 
-def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Raises FileExistsError if `out_dir` is a file, or a non-empty directory without overwrite."""
+def is_export_file(name: str) -> bool:
+    """Whether `name` is a file `export_hf` writes (weights, configs, tokenizer files)."""
+    return (name in (CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, *TOKENIZER_FILES)
+            or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", name) is not None)
+
+
+def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> None:
+    """Raises FileExistsError if `out_dir` is a file, or a non-empty directory without overwrite;
+    UnsafeOverwriteError (`ssrl_jax.safe_paths`) if replacing it would delete one of `inputs`
+    ((flag, path) pairs), a training workdir, or files an export does not write."""
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir}: exists and is not a directory")
+    check_replaceable(out_dir, flag="--out", inputs=inputs, is_own=is_export_file,
+                      what="files of a Hugging Face export")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir}: directory is not empty (pass overwrite=True / "
                               "--overwrite to replace it)")
@@ -370,7 +383,8 @@ def export_hf(model_or_params: ParamsLike, config: ModelConfig, out_dir: str | o
               dtype: str = "bfloat16", max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
               tokenizer_dir: str | os.PathLike | None = None,
               generation_config: Mapping[str, Any] | None = None,
-              overwrite: bool = False) -> ExportSummary:
+              overwrite: bool = False,
+              inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> ExportSummary:
     """Writes a Hugging Face model directory at `out_dir` (see the module docstring).
 
     model_or_params: a `Transformer`, its `nnx.State` of params, or the pure
@@ -380,13 +394,17 @@ def export_hf(model_or_params: ParamsLike, config: ModelConfig, out_dir: str | o
     tokenizer_dir: copied into `out_dir`; None writes no tokenizer.
     generation_config: written as given; None derives it from the config and
       the tokenizer (`generation_config_for`).
-    Refuses a non-empty `out_dir` unless `overwrite`; a failed export leaves
-    `out_dir` as it was.
+    Refuses a non-empty `out_dir` unless `overwrite`, and even with it one that holds
+    anything but export files, a training workdir, or one of `inputs` ((flag, path)
+    pairs; the tokenizer directory is always one); a failed export leaves `out_dir` as
+    it was.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
     out_dir = os.path.abspath(os.fspath(out_dir))
-    check_out_dir(out_dir, overwrite=overwrite)
+    if tokenizer_dir is not None:
+        inputs = (*inputs, ("tokenizer_dir", tokenizer_dir))
+    check_out_dir(out_dir, overwrite=overwrite, inputs=inputs)
     params = flat_params(model_or_params)
     check_params(params, config)
     if generation_config is None:

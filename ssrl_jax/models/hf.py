@@ -28,6 +28,8 @@ from ssrl_jax.sharding import ShardingRules
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+# Safetensors dtypes of full-precision weights; integer and 8-bit (quantised) ones are refused.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 _LAYER_HF_NAMES = {
     "attn_norm": "input_layernorm.weight",
@@ -158,6 +160,13 @@ class SafetensorsReader:
             raise CheckpointError(f"{self._file_of[name]}: does not contain {name!r} named in the index")
         return tuple(handle.get_slice(name).get_shape())
 
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype of `name`, e.g. "BF16", "F32", "I8"."""
+        return self._handle(name).get_slice(name).get_dtype()
+
+    def file_of(self, name: str) -> str:
+        return self._file_of[name]
+
     def tensor(self, name: str) -> np.ndarray:
         return self._handle(name).get_tensor(name)
 
@@ -171,11 +180,13 @@ def check_tensors(reader: SafetensorsReader, specs: list[TensorSpec], *,
     tolerated = {"lm_head.weight"} if tied else set()
     missing = sorted(set(expected) - present)
     unexpected = sorted(present - set(expected) - tolerated)
-    misshaped = []
+    misshaped, not_float = [], []
     for name in sorted(set(expected) & present):
         shape = reader.shape(name)
         if shape != expected[name]:
             misshaped.append(f"{name}: shape {shape}, expected {expected[name]}")
+        if reader.dtype(name) not in FLOAT_DTYPES:
+            not_float.append(f"{name} ({reader.dtype(name)} in {reader.file_of(name)})")
     problems = []
     if missing:
         problems.append("missing tensors: " + ", ".join(missing))
@@ -183,6 +194,9 @@ def check_tensors(reader: SafetensorsReader, specs: list[TensorSpec], *,
         problems.append("unexpected tensors: " + ", ".join(unexpected))
     if misshaped:
         problems.append("mis-shaped tensors: " + "; ".join(misshaped))
+    if not_float:
+        problems.append("integer or quantised tensors (only float16 / bfloat16 / float32 "
+                        "weights load; dequantise first): " + "; ".join(not_float))
     if problems:
         raise CheckpointError(f"{reader.path}: " + " | ".join(problems))
 
@@ -197,12 +211,20 @@ def _place(host: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
 def load_params(reader: SafetensorsReader, config: ModelConfig, graph_state: nnx.State,
-                mesh: jax.sharding.Mesh, rules: ShardingRules) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
+                mesh: jax.sharding.Mesh, rules: ShardingRules,
+                finite: list[tuple[str, jax.Array]] | None = None
+                ) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
     """Yields (path, sharded array) for every parameter, streaming tensor by tensor.
 
     A stacked parameter is built on device one layer at a time, so host memory
-    peaks at about one Hugging Face tensor.
+    peaks at about one Hugging Face tensor. `finite`, when given, receives
+    (HF tensor name, device bool: all values finite in the parameter dtype).
     """
     dtype = jnp.dtype(config.param_dtype)
     flat = dict(nnx.to_flat_state(graph_state))
@@ -211,13 +233,18 @@ def load_params(reader: SafetensorsReader, config: ModelConfig, graph_state: nnx
         axes = logical_axes_of(variable)
         sharding = rules.sharding(axes, variable.shape, mesh)
         if not spec.stacked:
-            yield spec.ours, _place(spec.to_ours(reader.tensor(spec.hf_names[0])).astype(dtype), sharding)
+            array = _place(spec.to_ours(reader.tensor(spec.hf_names[0])).astype(dtype), sharding)
+            if finite is not None:
+                finite.append((spec.hf_names[0], _all_finite(array)))
+            yield spec.ours, array
             continue
         layer_shape = variable.shape[1:]
         layer_sharding = rules.sharding(axes[1:], layer_shape, mesh)
         stacked = jax.jit(lambda: jnp.zeros(variable.shape, dtype), out_shardings=sharding)()
         for i, name in enumerate(spec.hf_names):
             layer = _place(spec.to_ours(reader.tensor(name)).astype(dtype), layer_sharding)
+            if finite is not None:
+                finite.append((name, _all_finite(layer)))
             stacked = _set_layer(stacked, layer, jnp.int32(i))
         yield spec.ours, stacked
 
@@ -247,21 +274,36 @@ def load_pretrained(path: str, *, dtype: DTypeLike | None = None,
 
     `dtype` is the parameter dtype, a name ("bfloat16") or a jnp dtype
     (jnp.bfloat16); None is float32 on CPU and bfloat16 on GPU / TPU
-    (`default_param_dtype`). `compute_dtype` defaults to it. Every tensor is
-    checked against the config before any is loaded.
+    (`default_param_dtype`). `compute_dtype` defaults to it. Every tensor's
+    name, shape and dtype (floating point; integer or quantised weights are
+    refused) is checked against the config before any is loaded; a tensor holding
+    NaN or infinity (after the cast to `dtype`) is refused by name.
     """
     dtype = dtype_name(dtype, "dtype") if dtype is not None else default_param_dtype(mesh)
     compute_dtype = dtype_name(compute_dtype, "compute_dtype") if compute_dtype is not None \
         else dtype
+    hf_config = read_hf_config(path)
+    if hf_config.get("quantization_config"):
+        method = hf_config["quantization_config"].get("quant_method", "?")
+        raise CheckpointError(f"{os.path.join(path, CONFIG_FILE)}: a quantised model "
+                              f"(quantization_config, {method}); only float16 / bfloat16 / "
+                              "float32 weights load, dequantise it first")
     config = ModelConfig.from_hf_config(
-        read_hf_config(path), source=os.path.join(path, CONFIG_FILE),
+        hf_config, source=os.path.join(path, CONFIG_FILE),
         param_dtype=dtype, dtype=compute_dtype, **config_overrides)
     reader = SafetensorsReader(path)
     check_tensors(reader, tensor_specs(config), tied=config.tie_word_embeddings)
     mesh = mesh or single_device_mesh()
     graphdef, abstract_state = nnx.split(abstract_model(config, rules))
     flat = dict(nnx.to_flat_state(abstract_state))
-    for path_key, array in load_params(reader, config, abstract_state, mesh, rules):
+    finite: list[tuple[str, jax.Array]] = []
+    for path_key, array in load_params(reader, config, abstract_state, mesh, rules, finite):
         flat[path_key] = flat[path_key].replace(array)
+    flags = jax.device_get([flag for _, flag in finite])
+    bad = [name for (name, _), ok in zip(finite, flags) if not bool(ok)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: tensors holding NaN or infinity (in {config.param_dtype}): "
+            + ", ".join(f"{name} ({reader.file_of(name)})" for name in bad))
     state = nnx.from_flat_state(list(flat.items()))
     return nnx.merge(graphdef, state)

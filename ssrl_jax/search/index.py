@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ssrl_jax.cli_errors import ArgumentParser, cli_main, exit_user_error, user_message
-from ssrl_jax.search.corpus import DocStore, read_corpus
+from ssrl_jax.safe_paths import check_replaceable
+from ssrl_jax.search.corpus import DOCUMENTS_FILE, OFFSETS_FILE, DocStore, read_corpus
 
 __all__ = [
     "BM25_DIR",
@@ -48,6 +49,7 @@ MANIFEST = "index.json"
 BM25_DIR = "bm25"
 DENSE_FILE = "dense.faiss"
 FORMAT = 1
+_INDEX_ENTRIES = (MANIFEST, BM25_DIR, DENSE_FILE, DOCUMENTS_FILE, OFFSETS_FILE)
 BM25_DEFAULTS = {"k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "lower": True, "stemmer": None}
 
 
@@ -79,8 +81,11 @@ def bm25_tokenize(texts: Sequence[str], params: dict[str, Any]) -> list[list[str
     return [[t for t in doc if t] for doc in tokens]
 
 
-def _staged(out: pathlib.Path, overwrite: bool):
-    """A fresh sibling directory to build in, after checking that ``out`` may be (re)placed."""
+def _staged(out: pathlib.Path, overwrite: bool, inputs: Sequence[tuple[str, os.PathLike]]):
+    """A fresh sibling directory to build in, after checking that ``out`` may be (re)placed:
+    even with ``overwrite``, only an index directory that holds none of ``inputs``."""
+    check_replaceable(out, flag="--out", inputs=inputs,
+                      is_own=lambda name: name in _INDEX_ENTRIES, what="index files")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -113,7 +118,7 @@ def build_bm25_index(
     corpus, out = pathlib.Path(corpus).resolve(), pathlib.Path(out)
     docs = read_corpus(corpus)
     params = {**BM25_DEFAULTS, "k1": k1, "b": b, "method": method}
-    stage = _staged(out, overwrite)
+    stage = _staged(out, overwrite, [("--corpus", corpus)])
     try:
         DocStore.write(stage, docs)
         model = bm25s.BM25(k1=k1, b=b, method=method)
@@ -151,7 +156,7 @@ def build_dense_index(
     corpus, out, model = pathlib.Path(corpus).resolve(), pathlib.Path(out), pathlib.Path(model).resolve()
     docs = read_corpus(corpus)
     encoder = sentence_transformers.SentenceTransformer(str(model))
-    stage = _staged(out, overwrite)
+    stage = _staged(out, overwrite, [("--corpus", corpus), ("--model", model)])
     try:
         DocStore.write(stage, docs)
         emb = encoder.encode(

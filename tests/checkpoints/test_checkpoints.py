@@ -2,6 +2,7 @@
 
 import logging
 import pathlib
+import re
 import shutil
 
 import jax
@@ -14,6 +15,7 @@ from flax import nnx
 from ssrl_jax import checkpoints
 from ssrl_jax.models import ModelConfig, init_model
 from ssrl_jax.sharding import make_mesh
+from tests.helpers_checkpoint_faults import flip_byte, params_data_file
 
 CONFIG = ModelConfig(family="qwen3", vocab_size=96, hidden_size=32, intermediate_size=48,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True,
@@ -112,3 +114,86 @@ def test_relative_paths_work(model, tmp_path, monkeypatch):
     assert step == 3
     loaded, _ = checkpoints.load_model("runs/rel/checkpoints/3")
     assert loaded.config == CONFIG
+
+
+def _saved(model, directory, steps=(1, 2)):
+    params = nnx.state(model, nnx.Param)
+    manager = checkpoints.make_manager(directory, async_save=False)
+    for step in steps:
+        checkpoints.save(manager, step, params=params,
+                         meta={"model": checkpoints.model_meta(CONFIG)})
+    manager.wait_until_finished()
+    return params
+
+
+def test_every_flipped_byte_is_refused_never_loaded(model, tmp_path):
+    """Orbax itself loads most single-byte flips with silently changed values; the checksums
+    saved in meta turn each into an error naming the array."""
+    import orbax.checkpoint as ocp
+
+    directory = checkpoints.checkpoint_dir(tmp_path)
+    params = _saved(model, directory, steps=(1,))
+    data = params_data_file(directory / "1")
+    original = data.read_bytes()
+    target = checkpoints.abstract_params(CONFIG, checkpoints.single_device_mesh(),
+                                         checkpoints.ShardingRules())[2]
+    silent = detected = 0
+    for offset in range(len(original) // 20, len(original), len(original) // 12):
+        flip_byte(data, offset)
+        manager = checkpoints.make_manager(directory, read_only=True)
+        try:  # what Orbax alone returns
+            raw = manager.restore(1, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(target)))["params"]
+            changed = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                          zip(jax.tree.leaves(raw), _leaves(params), strict=True))
+        except Exception:  # noqa: BLE001 - Orbax noticed this one itself
+            changed = False
+        with pytest.raises(Exception) as error:
+            checkpoints.load_model(directory / "1")
+        if changed:
+            silent += 1
+            assert isinstance(error.value, checkpoints.CorruptCheckpointError)
+            assert re.search(r"params \S+ .*(checksum mismatch|NaN or infinity)",
+                             str(error.value))
+            detected += 1
+        data.write_bytes(original)
+    assert silent >= 3 and detected == silent
+
+
+def test_corrupt_latest_step_falls_back_with_a_warning(model, tmp_path, caplog):
+    directory = checkpoints.checkpoint_dir(tmp_path)
+    _saved(model, directory)
+    flip_byte(params_data_file(directory / "2"))
+    with caplog.at_level(logging.WARNING):
+        loaded, meta = checkpoints.load_model(tmp_path)
+    assert meta["step"] == 1
+    assert "checkpoint step 2 is unreadable (CorruptCheckpointError" in caplog.text
+    flip_byte(params_data_file(directory / "1"))
+    with pytest.raises(checkpoints.CorruptCheckpointError, match="no readable checkpoint: step 2"):
+        checkpoints.load_model(tmp_path)
+
+
+def test_integer_parameters_on_disk_are_refused_by_name(model, tmp_path):
+    import orbax.checkpoint as ocp
+
+    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tree["embed"] = jnp.ones(tree["embed"].shape, jnp.int8)  # e.g. a quantised export
+    manager = checkpoints.make_manager(checkpoints.checkpoint_dir(tmp_path), async_save=False)
+    manager.save(0, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(tree),
+        meta=ocp.args.JsonSave({"model": checkpoints.model_meta(CONFIG), "step": 0})))
+    manager.wait_until_finished()
+    with pytest.raises(checkpoints.CorruptCheckpointError,
+                       match=r"must be floating point; stored as embed int8"):
+        checkpoints.load_model(checkpoints.checkpoint_dir(tmp_path) / "0")
+
+
+def test_non_finite_parameters_are_never_saved(model, tmp_path):
+    broken = nnx.clone(model)
+    broken.final_norm[...] = broken.final_norm[...].at[0].set(jnp.nan)
+    params = nnx.state(broken, nnx.Param)
+    manager = checkpoints.make_manager(checkpoints.checkpoint_dir(tmp_path), async_save=False)
+    with pytest.raises(checkpoints.NonFiniteParamsError, match="parameters final_norm hold NaN"):
+        checkpoints.save(manager, 1, params=params,
+                         meta={"model": checkpoints.model_meta(CONFIG)})
+    assert manager.all_steps() == []

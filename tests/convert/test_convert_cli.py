@@ -20,6 +20,7 @@ from ssrl_jax.models import ModelConfig, RopeScaling, abstract_model
 from ssrl_jax.models.init import state_shardings
 from ssrl_jax.sharding import ShardingRules, make_mesh
 from tests.helpers import TINY_HF_CONFIGS, build_hf_model, padded_batch, user_error
+from tests.helpers_checkpoint_faults import flip_byte, params_data_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -163,7 +164,7 @@ def test_errors_name_the_flag_and_the_path(trained, tmp_path, capsys):
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert f"--out {tmp_path / 'full'}: directory is not empty" in error(
+    assert f"--out {tmp_path / 'full'}: holds entries that are not" in error(
         "orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "full"))
 
     no_tokenizer = tmp_path / "run"
@@ -186,6 +187,61 @@ def test_errors_name_the_flag_and_the_path(trained, tmp_path, capsys):
     assert re.search("--hf .*: no tokenizer files",
                      error("hf-to-orbax", "--hf", hf, "--out", str(tmp_path / "w")))
     assert "invalid choice: 'bogus'" in error("bogus")
+
+
+def test_overwrite_never_deletes_the_checkpoint_a_workdir_or_foreign_files(trained, tmp_path,
+                                                                           capsys):
+    _, source = trained
+    workdir = tmp_path / "runs" / "grpo"
+    shutil.copytree(source, workdir)
+    before = sorted(str(p) for p in workdir.rglob("*"))
+
+    def argv(out, checkpoint=workdir):
+        return ["orbax-to-hf", "--checkpoint", str(checkpoint), "--out", str(out), "--overwrite"]
+
+    def refused(out):
+        return user_error(capsys, main, argv(out))
+
+    for out in (workdir, tmp_path / "runs", tmp_path):
+        assert f"--out {out}: contains the input --checkpoint" in refused(out)
+    assert f"--out {workdir / 'tokenizer'}: lies inside the input" in refused(workdir / "tokenizer")
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+    other_run = tmp_path / "other"
+    shutil.copytree(source, other_run)
+    assert "holds a training workdir or checkpoints" in refused(other_run)
+    assert (other_run / "checkpoints" / "7").is_dir()
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    assert "holds entries that are not files of a Hugging Face export (todo.txt)" in refused(notes)
+    assert (notes / "todo.txt").read_text() == "mine"
+
+    out = tmp_path / "hf"
+    main(argv(out))
+    main(argv(out))  # an export replaces an earlier export
+    assert (out / "config.json").is_file()
+
+
+def test_corrupt_latest_step_exports_the_previous_one(trained, tmp_path, capsys, caplog):
+    model, source = trained
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    manager = checkpoints.make_manager(checkpoints.checkpoint_dir(workdir), async_save=False)
+    checkpoints.save(manager, 8, params=nnx.state(model, nnx.Param),
+                     meta={"model": checkpoints.model_meta(CONFIG),
+                           "tokenizer": str(workdir / "tokenizer")})
+    manager.wait_until_finished()
+    flip_byte(params_data_file(workdir / "checkpoints" / "8"))
+    with caplog.at_level("WARNING"):
+        main(["orbax-to-hf", "--checkpoint", str(workdir), "--out", str(tmp_path / "hf")])
+    assert "exported step 7 of" in capsys.readouterr().out
+    assert "checkpoint step 8 is unreadable (CorruptCheckpointError" in caplog.text
+    error = user_error(capsys, main, ["orbax-to-hf", "--checkpoint",
+                                      str(workdir / "checkpoints" / "8"),
+                                      "--out", str(tmp_path / "hf8")])
+    assert "checksum mismatch" in error or "NaN or infinity" in error
 
 
 def test_parse_size():

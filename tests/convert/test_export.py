@@ -14,6 +14,7 @@ from safetensors import safe_open
 from ssrl_jax.models import ModelConfig, abstract_model, export
 from ssrl_jax.models.init import state_shardings
 from ssrl_jax.models.hf import INDEX_FILE, SINGLE_FILE, tensor_specs
+from ssrl_jax.safe_paths import UnsafeOverwriteError
 from ssrl_jax.sharding import ShardingRules, make_mesh
 
 torch = pytest.importorskip("torch")
@@ -121,15 +122,20 @@ def test_host_memory_stays_about_one_shard(model, tmp_path):
     assert peak < 2 * limit + 2 * largest, peak
 
 
-def test_refuses_a_non_empty_directory_and_replaces_it_only_when_asked(model, tmp_path):
+def test_refuses_a_non_empty_directory_and_replaces_only_an_export_when_asked(model, tmp_path):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("x")
+    for overwrite in (False, True):  # a file an export does not write is never deleted
+        with pytest.raises(UnsafeOverwriteError, match=f"{out}: holds entries .*keep.txt"):
+            export.export_hf(model, CONFIG, out, overwrite=overwrite)
+    assert os.listdir(out) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    export.export_hf(model, CONFIG, out, dtype="float32")
     with pytest.raises(FileExistsError, match=str(out)):
         export.export_hf(model, CONFIG, out)
-    assert os.listdir(out) == ["keep.txt"]
     export.export_hf(model, CONFIG, out, overwrite=True)
-    assert "keep.txt" not in os.listdir(out) and "config.json" in os.listdir(out)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # no staging or old copies left
 
 

@@ -104,8 +104,26 @@ def _extra(tensors, index, name):
     tensors["model.layers.1.self_attn.rotary_emb.inv_freq"] = np.zeros((8,), np.float32)
 
 
+def _int8(tensors, index, name):
+    tensors[name] = np.ones(tensors[name].shape, np.int8)
+
+
+def _nan(tensors, index, name):
+    tensors[name] = tensors[name].copy()
+    tensors[name][2, 3] = np.nan
+
+
+def _too_large_for_float16(tensors, index, name):
+    tensors[name] = tensors[name].copy()
+    tensors[name][0, 0] = 1e6  # finite in float32, infinite in float16
+
+
 @pytest.mark.parametrize("edit, message", [
     (_drop, "missing tensors: model.layers.1.self_attn.k_proj.weight"),
+    (_int8, r"integer or quantised tensors .*: model.layers.1.self_attn.k_proj.weight \(I8 in "
+            r".*model-\d+-of-\d+.safetensors\)"),
+    (_nan, r"NaN or infinity \(in float32\): model.layers.1.self_attn.k_proj.weight \(.*"
+           r"model-\d+-of-\d+.safetensors\)"),
     (_reshape, r"mis-shaped tensors: model.layers.1.self_attn.k_proj.weight: shape \(3, 64\)"),
     (_extra, "unexpected tensors: model.layers.1.self_attn.rotary_emb.inv_freq"),
 ])
@@ -114,6 +132,24 @@ def test_tampered_checkpoint_names_the_tensor(sharded_dir, tmp_path, edit, messa
     _tamper(path, tmp_path / "bad", edit)
     with pytest.raises(CheckpointError, match=message):
         load_pretrained(str(tmp_path / "bad"), dtype="float32")
+
+
+def test_a_tensor_overflowing_the_load_dtype_is_named(sharded_dir, tmp_path):
+    path, _ = sharded_dir
+    _tamper(path, tmp_path / "bad", _too_large_for_float16)
+    load_pretrained(str(tmp_path / "bad"), dtype="float32")
+    with pytest.raises(CheckpointError, match=r"\(in float16\): model.layers.1.self_attn.k_proj"):
+        load_pretrained(str(tmp_path / "bad"), dtype="float16")
+
+
+def test_quantised_model_config_is_refused(sharded_dir, tmp_path):
+    path, _ = sharded_dir
+    shutil.copytree(path, tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (tmp_path / "q" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json: a quantised model .*bitsandbytes"):
+        load_pretrained(str(tmp_path / "q"), dtype="float32")
 
 
 def test_missing_files_are_named(tmp_path):

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from ssrl_jax.safe_paths import UnsafeOverwriteError
 from ssrl_jax.search import index as index_cli
 from ssrl_jax.search.corpus import CorpusError, DocStore, read_corpus, split_title
 from ssrl_jax.search.index import build_bm25_index, read_manifest
@@ -93,11 +94,34 @@ def test_refuses_to_replace_without_overwrite(corpus_path, tmp_path):
     out = tmp_path / "idx"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UnsafeOverwriteError, match="not index files \\(keep.txt\\)"):
         build_bm25_index(corpus_path, out)
-    assert (out / "keep.txt").exists()
-    build_bm25_index(corpus_path, out, k1=1.2, overwrite=True)
-    assert not (out / "keep.txt").exists() and read_manifest(out)["bm25s"]["k1"] == 1.2
+    with pytest.raises(UnsafeOverwriteError, match="--overwrite or not"):
+        build_bm25_index(corpus_path, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    build_bm25_index(corpus_path, out)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_bm25_index(corpus_path, out, k1=1.2)
+    build_bm25_index(corpus_path, out, k1=1.2, overwrite=True)  # an index replaces an index
+    assert read_manifest(out)["bm25s"]["k1"] == 1.2
+
+
+def test_cli_never_deletes_the_corpus_or_a_workdir(corpus_path, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(corpus_path.read_bytes())
+    for out in (folder, tmp_path):  # the corpus's folder, and a folder above it
+        code = index_cli.main(["--corpus", str(corpus), "--out", str(out), "--overwrite"])
+        assert code != 0
+        assert f"--out {out}: contains the input --corpus {corpus}" in capsys.readouterr().err
+        assert corpus.read_bytes() == corpus_path.read_bytes()
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+    code = index_cli.main(["--corpus", str(corpus), "--out", str(workdir), "--overwrite"])
+    assert code != 0 and "holds a training workdir" in capsys.readouterr().err
+    assert (workdir / "checkpoints" / "1").is_dir()
 
 
 def test_cli(corpus_path, tmp_path, capsys):

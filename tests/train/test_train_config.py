@@ -71,7 +71,7 @@ def test_search_protocol_needs_a_real_search_mode():
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("rollout.top_p", 1.5, "config.rollout.top_p=1.5 is not allowed: expected a number > 0.0"),
+    ("rollout.top_p", 1.5, "config.rollout.top_p=1.5 is not allowed: expected a finite number > 0.0"),
     ("grpo.kl_estimator", "k4", "expected one of ('k1', 'k2', 'k3', 'low_var_kl')"),
     ("model.param_dtype", "fp8", "config.model.param_dtype='fp8'"),
     ("batch_size", 0, "config.batch_size=0 is not allowed: expected an integer >= 1"),
@@ -80,7 +80,7 @@ def test_search_protocol_needs_a_real_search_mode():
     ("data.chat", "yes", "expected one of ('auto', 'true', 'false')"),
     ("data.prompt_source", "file", "expected one of ('dataset', 'rebuild')"),
     ("grpo.format_rule", "lenient", "expected one of ('ssrl', 'strict')"),
-    ("grpo.dual_clip", 0.5, "0 (off) or a number > 1"),
+    ("grpo.dual_clip", 0.5, "0 (off) or a finite number > 1"),
     ("optim.schedule", "linear", "expected one of ('constant', 'cosine')"),
     ("log.num_samples", -1, "config.log.num_samples=-1 is not allowed: expected an integer >= 0"),
     ("search.protocol", "agent", "expected one of ('free', 'search_r1')"),
@@ -94,6 +94,44 @@ def test_bad_field_is_named(field, value, expected):
     with pytest.raises(tc.ConfigFieldError) as error:
         tc.validate(c)
     assert expected in str(error.value)
+
+
+def _set(config, dotted, value):
+    *sections, name = dotted.split(".")
+    for section in sections:
+        config = config[section]
+    config[name] = value
+
+
+def _float_fields():
+    """Float fields (an int field's type is locked: it cannot hold NaN or infinity)."""
+    return [name for name, value in tc._numeric_leaves(load("smoke"))
+            if isinstance(value, float)]
+
+
+def test_every_numeric_field_refuses_nan_and_infinity():
+    fields = _float_fields()
+    assert {"optim.learning_rate", "rollout.temperature", "optim.b2", "model.random.rope_theta",
+            "search.entropy_threshold", "grpo.kl_coef"} <= set(fields)
+    for field in fields:
+        for value in (float("nan"), float("inf"), float("-inf")):
+            c = load("smoke")
+            _set(c, field, value)
+            with pytest.raises(tc.ConfigFieldError, match=f"config.{field}={value!r}"):
+                tc.validate(c)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("optim.learning_rate", 0.0), ("optim.learning_rate", -1e-3), ("rollout.temperature", 0.0),
+    ("optim.b1", 1.0), ("optim.b2", 1.0), ("optim.b2", -0.1), ("optim.max_grad_norm", 0.0),
+    ("optim.weight_decay", -0.01), ("grpo.kl_coef", -1.0), ("grpo.clip_low", 1.5),
+    ("model.random.rope_theta", 0.0), ("search.timeout_s", 0.0), ("optim.warmup_ratio", 2.0),
+])
+def test_out_of_range_numbers_are_refused(field, value):
+    c = load("smoke")
+    _set(c, field, value)
+    with pytest.raises(tc.ConfigFieldError, match=f"config.{field}={value!r} is not allowed"):
+        tc.validate(c)
 
 
 def test_cross_field_rules():
@@ -114,6 +152,6 @@ def test_cross_field_rules():
 def test_parse_weights():
     assert tc.parse_weights("nq=1, hotpotqa=0.5") == {"nq": 1.0, "hotpotqa": 0.5}
     assert tc.parse_weights("") == {}
-    for bad in ("nq", "=1", "nq=x", "nq=-1"):
+    for bad in ("nq", "=1", "nq=x", "nq=-1", "nq=nan", "nq=inf"):
         with pytest.raises(ValueError):
             tc.parse_weights(bad)
