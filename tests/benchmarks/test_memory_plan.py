@@ -18,7 +18,7 @@ def test_memory_plan_of_the_tiny_config_on_two_devices():
     result = subprocess.run(
         [sys.executable, "-m", "ssrl_jax.bench", "memory", "--config",
          str(ROOT / "configs" / "smoke.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",
-         "--set", "model.dtype=bfloat16", "--json"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+         "--set", "model.dtype=bfloat16", "--json"], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout.strip().splitlines()[-1])
     assert plan["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
