@@ -1,5 +1,5 @@
 """Llama-3.1-8B-Instruct, SSRL self-search GRPO with the papers' settings on 64 TPU chips
-(v5p-128: 54.7 GiB of 95 GiB per chip in the memory plan).
+(v5p-128: 55.4 GiB of 95 GiB per chip in the memory plan, fp32 master weights).
 
     python -m ssrl_jax.train --config configs/llama8b.py \
         --config.model.path=gs://BUCKET/hf/Llama-3.1-8B-Instruct \

@@ -1,4 +1,4 @@
-"""Qwen2.5-7B-Instruct, SSRL self-search GRPO with the papers' settings (64 chips: 42.6 GiB
+"""Qwen2.5-7B-Instruct, SSRL self-search GRPO with the papers' settings (64 chips: 43.3 GiB
 per chip in the memory plan).
 
     python -m ssrl_jax.train --config configs/qwen2_5_7b.py \

@@ -1,4 +1,4 @@
-"""Qwen3-8B, SSRL self-search GRPO with the papers' settings (64 chips: 56.4 GiB per chip in
+"""Qwen3-8B, SSRL self-search GRPO with the papers' settings (64 chips: 57.1 GiB per chip in
 the memory plan).
 
     python -m ssrl_jax.train --config configs/qwen3_8b.py \

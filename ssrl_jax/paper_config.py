@@ -25,6 +25,10 @@ def paper_config(model_name: str, *, fsdp: int, tensor: int) -> ml_collections.C
     # Search-R1's nq_hotpotqa_train (verl parquet); FlashRAG jsonl files work too.
     c.data.train_files = f"{BUCKET}/data/nq_hotpotqa_train/train.parquet"
     c.mesh.update(data=1, fsdp=fsdp, tensor=tensor)
+    # fp32 master weights and Adam state, bf16 compute, rollout and KL reference (as verl's
+    # fp32 actor and MaxText's weight_dtype=float32); stated here as well as in the defaults
+    # because the memory plan depends on it.
+    c.model.update(param_dtype="float32", dtype="bfloat16")
     # One response per FSDP shard per micro-batch: the training forward holds one row's
     # attention scores per device at a time (docs/performance.md, memory plan).
     c.grpo.num_micro_batches = 80

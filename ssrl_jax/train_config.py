@@ -51,7 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.path = ""             # Hugging Face directory (local or gs://): weights + tokenizer
     c.model.tokenizer = ""        # default: model.path; "quickstart": the tokenizer we ship
-    c.model.param_dtype = "bfloat16"
+    # Mixed precision: fp32 master weights and Adam state, bf16 compute (the rollout's
+    # weights and the frozen reference are bf16 copies). bf16 masters would lose updates
+    # at lr 1e-6 (docs/training.md, "Precision").
+    c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
     c.model.cache_dir = "/tmp/ssrl_jax_models"  # local copy of a gs:// model.path
@@ -95,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.clip_low = 0.2
     c.grpo.clip_high = 0.2
     c.grpo.dual_clip = 0.0        # 0: off
+    c.grpo.max_log_ratio = 20.0   # |log π/π_old| clamped before exp (verl, Tunix: 20)
     c.grpo.kl_coef = 0.001
     c.grpo.kl_estimator = "low_var_kl"
     c.grpo.entropy_coef = 0.0     # entropy bonus (verl entropy_coeff; SSRL 0, Search-R1 0.001)
@@ -253,6 +257,8 @@ _CHECKS: dict[str, Check] = {
     "grpo.clip_high": _number(0.0),
     "grpo.dual_clip": lambda v: None if v == 0 or (_number(1.0, open_low=True)(v) is None)
     else "0 (off) or a finite number > 1",
+    "grpo.max_log_ratio": lambda v: None if _number(0.0, open_low=True)(v) is None and
+    math.isfinite(v) else "a finite number > 0",
     "grpo.kl_coef": _number(0.0),
     "grpo.kl_estimator": _one_of(KL_ESTIMATORS),
     "grpo.entropy_coef": _number(0.0),

@@ -5,8 +5,10 @@ The train step is compiled ahead of time for the config's mesh on fake CPU devic
 weights are needed (the model comes from `model.path`'s `config.json` when that is
 a local directory, else from the preset named like the directory, e.g.
 `.../Llama-3.1-8B-Instruct`). The compiled program's memory analysis gives the
-argument, output and temporary bytes per device; parameters, optimizer state and the
-KV cache are also counted from their shapes and shardings.
+argument, output and temporary bytes per device; parameters (master weights in
+`param_dtype`), the reference and the rollout's weight copy (both in the compute
+`dtype`), optimizer state and the KV cache are also counted from their shapes and
+shardings.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ class MemoryPlan:
     mesh: dict[str, int]
     rows: int
     slots: int
+    param_dtype: str
+    dtype: str
     params: int
     reference: int
+    rollout_weights: int
     optimizer: int
     kv_cache: int
     arguments: int
@@ -121,8 +126,12 @@ class MemoryPlan:
             f"mesh {self.mesh}, {self.rows} responses x {self.slots} slots per step",
             f"  (compiled ahead of time for {prod(self.mesh.values())} devices in "
             f"{self.compile_s:.0f} s; bytes per device)",
-            f"  policy parameters   : {g(self.params)}",
-            f"  reference parameters: {g(self.reference)}",
+            f"  precision           : {self.param_dtype} master weights and optimizer state, "
+            f"{self.dtype} compute",
+            f"  policy parameters   : {g(self.params)}  ({self.param_dtype})",
+            f"  reference parameters: {g(self.reference)}  ({self.dtype})",
+            f"  rollout weight copy : {g(self.rollout_weights)}  ({self.dtype}, inside "
+            "temporaries)",
             f"  optimizer state     : {g(self.optimizer)}",
             f"  KV cache (rollout)  : {g(self.kv_cache)}  (inside temporaries)",
             f"  compiled arguments  : {g(self.arguments)}",
@@ -159,7 +168,7 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
     from ssrl_jax import train_config as tc
     from ssrl_jax.models.init import abstract_model, state_shardings
     from ssrl_jax.rl.rewards import ssrl_reward
-    from ssrl_jax.rl.step import (TrainState, make_optimizer, make_train_step,
+    from ssrl_jax.rl.step import (TrainState, compute_copy, make_optimizer, make_train_step,
                                   optimizer_state_shardings)
     from ssrl_jax.sampler.buckets import bucket_length
     from ssrl_jax.sharding import ShardingRules, make_mesh
@@ -180,9 +189,14 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
     opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                              jax.eval_shape(optimizer.init, params),
                              optimizer_state_shardings(optimizer, params))
+    # The reference (and the rollout's copy inside the step) in the compute dtype.
+    compute_params = jax.eval_shape(lambda p: compute_copy(p, model_config.dtype), params)
+    compute_params = jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                    sharding=p.sharding),
+                                  compute_params, params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-                       params=params, opt_state=opt_state, ref_params=params)
+                       params=params, opt_state=opt_state, ref_params=compute_params)
 
     prompts, length = config.batch_size, bucket_length(config.data.max_prompt_tokens)
     length = min(length, config.data.max_prompt_tokens)
@@ -216,7 +230,9 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
     return MemoryPlan(
         config_path=config_path, model=f"{model_config.architecture}", num_params=
         model_config.num_params(), mesh=dict(mesh.shape), rows=rows, slots=slots,
-        params=_per_device_bytes(params), reference=_per_device_bytes(params),
+        param_dtype=model_config.param_dtype, dtype=model_config.dtype,
+        params=_per_device_bytes(params), reference=_per_device_bytes(compute_params),
+        rollout_weights=_per_device_bytes(compute_params),
         optimizer=_per_device_bytes(opt_state), kv_cache=kv,
         arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
         temporaries=analysis.temp_size_in_bytes, compile_s=compile_s)

@@ -15,6 +15,11 @@ AdvantageEstimator = Literal["grpo", "grpo_no_std", "rloo"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
 KL_CLAMP = 10.0
+# |log π/π_ref| is clamped here before the exp of k3 / low_var_kl (as verl does).
+KL_LOG_RATIO_CLAMP = 20.0
+# Default bound on |log π/π_old| before the PPO ratio's exp (verl and Tunix use ±20):
+# exp(20) ≈ 4.9e8 is finite in fp32, where exp(89) is already inf.
+MAX_LOG_RATIO = 20.0
 
 
 def group_advantages(rewards: jax.Array, group_size: int, estimator: AdvantageEstimator = "grpo",
@@ -43,15 +48,19 @@ def group_advantages(rewards: jax.Array, group_size: int, estimator: AdvantageEs
 
 def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
                         clip_low: float = 0.2, clip_high: float = 0.2,
-                        dual_clip: float | None = None) -> tuple[jax.Array, jax.Array]:
+                        dual_clip: float | None = None,
+                        max_log_ratio: float = MAX_LOG_RATIO) -> tuple[jax.Array, jax.Array]:
     """Token-level PPO-clip loss.
 
     logp, old_logp: [N, T]; advantages: [N] (one scalar per response) ->
     (loss [N, T], clipped [N, T] float: 1 where the clipped branch was taken).
-    With `dual_clip` = c > 1, a negative-advantage token's loss is capped at −A·c.
+    The log-ratio logp − old_logp is clamped to ±`max_log_ratio` before its exp, so the
+    loss and its gradient stay finite for any finite log-probs (a token past the bound
+    gets no gradient through the ratio). With `dual_clip` = c > 1, a negative-advantage
+    token's loss is capped at −A·c.
     """
     advantage = advantages[:, None]
-    ratio = jnp.exp(logp - old_logp)
+    ratio = jnp.exp(jnp.clip(logp - old_logp, -max_log_ratio, max_log_ratio))
     unclipped = -advantage * ratio
     clipped_ratio = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
     clipped = -advantage * clipped_ratio
@@ -68,7 +77,8 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: KLEstimator = "l
     """Per-token KL(policy ‖ reference) estimate from sampled tokens' log-probs.
 
     logp, ref_logp: [N, T] -> [N, T]. k1 = logp − ref; k2 = ½(logp − ref)²;
-    k3 / low_var_kl = exp(ref − logp) − (ref − logp) − 1, clamped to [−10, 10].
+    k3 / low_var_kl = exp(ref − logp) − (ref − logp) − 1 with ref − logp clamped to
+    [−20, 20] first (finite value and gradient), the result clamped to [−10, 10].
     """
     log_ratio = logp - ref_logp
     if estimator == "k1":
@@ -76,6 +86,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: KLEstimator = "l
     if estimator == "k2":
         return 0.5 * jnp.square(log_ratio)
     if estimator in ("k3", "low_var_kl"):
+        log_ratio = jnp.clip(log_ratio, -KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
         kl = jnp.exp(-log_ratio) + log_ratio - 1.0
         return jnp.clip(kl, -KL_CLAMP, KL_CLAMP)
     raise ValueError(f"KL estimator {estimator!r} is not one of k1, k2, k3, low_var_kl")
@@ -112,19 +123,21 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation = "token-
 
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
               advantages: jax.Array, mask: jax.Array, *, clip_low: float = 0.2,
-              clip_high: float = 0.2, dual_clip: float | None = None, kl_coef: float = 0.001,
+              clip_high: float = 0.2, dual_clip: float | None = None,
+              max_log_ratio: float = MAX_LOG_RATIO, kl_coef: float = 0.001,
               kl_estimator: KLEstimator = "low_var_kl", aggregation: Aggregation = "token-mean",
               total_tokens: jax.Array | None = None, total_sequences: jax.Array | None = None,
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked clipped policy loss plus kl_coef × KL to the reference (a loss term).
 
     logp, old_logp, ref_logp, mask: [N, T]; advantages: [N] -> (scalar loss,
-    metrics of this (micro-)batch, each aggregated like the loss).
+    metrics of this (micro-)batch, each aggregated like the loss). `max_log_ratio`
+    bounds |logp − old_logp| before the ratio's exp (`clipped_policy_loss`).
     """
     reduce: Callable[[jax.Array], jax.Array] = lambda x: aggregate(  # noqa: E731
         x, mask, aggregation, total_tokens, total_sequences)
     token_loss, took_clip = clipped_policy_loss(logp, old_logp, advantages, clip_low, clip_high,
-                                                dual_clip)
+                                                dual_clip, max_log_ratio)
     policy_loss = reduce(token_loss)
     metrics = {"policy_loss": policy_loss, "clip_fraction": reduce(took_clip)}
     loss = policy_loss

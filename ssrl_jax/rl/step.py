@@ -13,6 +13,7 @@ size, N = P·n responses, L prompt bucket, S = L + max_new_tokens slots.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -48,6 +49,7 @@ class StepConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
+    max_log_ratio: float = grpo.MAX_LOG_RATIO
     kl_coef: float = 0.001
     kl_estimator: grpo.KLEstimator = "low_var_kl"
     # Entropy bonus: loss − entropy_coef · (mean entropy of trained tokens), as verl's
@@ -69,6 +71,9 @@ class StepConfig:
                 raise ValueError(f"StepConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_rows < 0:
             raise ValueError(f"StepConfig.sample_rows must be >= 0, got {self.sample_rows}")
+        if not (math.isfinite(self.max_log_ratio) and self.max_log_ratio > 0):
+            raise ValueError(f"StepConfig.max_log_ratio must be a finite number > 0, "
+                             f"got {self.max_log_ratio}")
 
     @property
     def single_update(self) -> bool:
@@ -79,10 +84,25 @@ class StepConfig:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+    """What a step carries. `params` are the master weights (`param_dtype`, fp32 in every
+    training config) and `opt_state` is shaped and typed like them; `ref_params`, the
+    frozen KL reference, is stored in the compute dtype (`dtype`, bf16 on TPU): the model
+    casts every weight to that dtype at use, so the reference computes exactly what an
+    fp32 copy would, for half the memory."""
+
     step: jax.Array
     params: nnx.State
     opt_state: Any
     ref_params: nnx.State
+
+
+def compute_copy(params: Any, dtype: Any) -> Any:
+    """A copy of `params` with every floating-point leaf cast to `dtype` (new buffers, same
+    shardings). The rollout decodes with this copy of the master weights, made inside the
+    step, and the frozen reference is kept as one."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda p: jnp.copy(p).astype(dtype)
+                        if jnp.issubdtype(p.dtype, jnp.floating) else jnp.copy(p), params)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -135,9 +155,10 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: A
 
 
 def init_train_state(model: Transformer, optimizer: optax.GradientTransformation) -> TrainState:
-    """Policy parameters, a frozen copy as the reference, and optimizer state (sharded alike)."""
+    """Policy parameters, a frozen copy in the compute dtype as the reference, and optimizer
+    state (sharded alike)."""
     params = nnx.state(model, nnx.Param)
-    ref_params = jax.tree.map(jnp.copy, params)
+    ref_params = compute_copy(params, model.config.dtype)
     opt_state = jax.jit(optimizer.init,
                         out_shardings=optimizer_state_shardings(optimizer, params))(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
@@ -211,7 +232,11 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
     n = config.group_size
 
     def rollout(params, batch, key):
-        model = nnx.merge(graphdef, params)
+        # The sampler decodes with a compute-dtype (bf16) copy of the master weights, made
+        # once here rather than cast again (and, under FSDP, gathered at twice the bytes) at
+        # every decode step.
+        dtype = nnx.merge(graphdef, params).config.dtype
+        model = nnx.merge(graphdef, compute_copy(params, dtype))
         ids = jnp.repeat(batch["prompt_ids"], n, axis=0)
         valid = jnp.repeat(batch["prompt_valid"], n, axis=0)
         keys = jax.random.split(key, ids.shape[0])
@@ -241,8 +266,9 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         loss, metrics = grpo.grpo_loss(
             logp, old, micro["ref_logp"], micro["advantages"], micro["mask"],
             clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
-            kl_coef=config.kl_coef, kl_estimator=config.kl_estimator,
-            aggregation=config.aggregation, total_tokens=totals[0], total_sequences=totals[1])
+            max_log_ratio=config.max_log_ratio, kl_coef=config.kl_coef,
+            kl_estimator=config.kl_estimator, aggregation=config.aggregation,
+            total_tokens=totals[0], total_sequences=totals[1])
         metrics["entropy"] = grpo.aggregate(entropy, micro["mask"], "token-mean",
                                             total_tokens=totals[0])
         if config.entropy_coef:
@@ -253,7 +279,11 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         return loss, metrics
 
     def update(params, opt_state, mini, prompt_len):
-        """One optimizer update on a mini-batch, gradients summed over micro-batches."""
+        """One optimizer update on a mini-batch, gradients summed over micro-batches.
+
+        Gradients are accumulated, clipped and fed to AdamW in fp32, never rounded; the
+        new optimizer state is stored back in the dtypes it came in (those of the master
+        weights, so a step returns the state it was compiled for)."""
         totals = (mini["mask"].sum(), jnp.float32(mini["mask"].shape[0]))
         micro = jax.tree.map(lambda x: split_rows(x, config.num_micro_batches), mini)
         grad_fn = jax.value_and_grad(
@@ -269,10 +299,11 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
                                                       totals)[0][1])
         zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics)
         (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_opt_state,
+                                     opt_state)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        return optax.apply_updates(params, updates), opt_state, metrics
+        return optax.apply_updates(params, updates), new_opt_state, metrics
 
     def score(rollout_state, batch):
         tokens, sources = rollout_state.tokens, rollout_state.sources

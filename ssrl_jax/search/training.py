@@ -33,7 +33,7 @@ from flax import nnx
 from ssrl_jax.rl import grpo, rewards
 from ssrl_jax.rl.masks import loss_mask
 from ssrl_jax.rl.scoring import SCORE_NAMES, response_text
-from ssrl_jax.rl.step import StepConfig, TrainState, make_step_parts
+from ssrl_jax.rl.step import StepConfig, TrainState, compute_copy, make_step_parts
 from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.sampler import Sampler
 from ssrl_jax.sampler.sources import TokenSource
@@ -117,6 +117,10 @@ class HostStep:
         out = None if self.state_sharding is None else (self.state_sharding, None)
         self._learn = jax.jit(learn, donate_argnums=0, out_shardings=out)
         self._compiled: dict[tuple[int, int], Any] = {}  # (rows, slots) -> compiled learn
+        # The sampler decodes with a compute-dtype (bf16) copy of the master weights, made
+        # anew for each step's rollout and dropped before the update.
+        dtype = nnx.merge(self.graphdef, self.params).config.dtype
+        self._rollout_copy = jax.jit(functools.partial(compute_copy, dtype=dtype))
         self.sampler = Sampler(nnx.merge(self.graphdef, self.params),
                                token_bytes=self.token_bytes, eos_ids=self.config.eos_ids,
                                pad_id=self.config.pad_id, prompt_buckets=[self.prompt_len],
@@ -180,11 +184,12 @@ class HostStep:
         sample_key, shuffle_key = jax.random.split(key)
         rows = [list(p) for p in prompts for _ in range(n)]
         row_golds = [list(g) for g in golds for _ in range(n)]
-        self.sampler.params = state.params
+        self.sampler.params = self._rollout_copy(state.params)
         out = search_rollout(self.sampler, rows, policy=self.policy, client=self.client,
                              encode=self._encode, max_new_tokens=cfg.max_new_tokens,
                              sampling=cfg.sampling, keys=jax.random.split(sample_key, len(rows)),
                              cache_len=self.cache_len(len(rows)))
+        self.sampler.params = None
         tokens, sources = jax.device_get((out.state.tokens, out.state.sources))
         search_metrics = out.metrics()
         del out  # frees the KV cache before learning

@@ -18,17 +18,19 @@ def test_memory_plan_of_the_tiny_config_on_two_devices():
     result = subprocess.run(
         [sys.executable, "-m", "ssrl_jax.bench", "memory", "--config",
          str(ROOT / "configs" / "smoke.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",
-         "--json"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+         "--set", "model.dtype=bfloat16", "--json"], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout.strip().splitlines()[-1])
     assert plan["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
     assert plan["slots"] == 1024 + 16 and plan["rows"] == 4 * 4
-    full = plan["num_params"] * 4  # fp32
+    assert (plan["param_dtype"], plan["dtype"]) == ("float32", "bfloat16")
+    full = plan["num_params"] * 4  # fp32 master weights
     # FSDP halves every matrix; only the small norm vectors are replicated.
     assert full / 2 <= plan["params"] < 0.55 * full
-    assert plan["reference"] == plan["params"]
-    assert 2 * plan["params"] <= plan["optimizer"] < 2 * plan["params"] + 1024  # Adam mu, nu
-    # Rows are split over fsdp: 2 layers x 8 rows x 1040 slots x 2 KV heads x 16 x (k, v) x 4 B.
-    assert plan["kv_cache"] == 2 * 8 * 1040 * 2 * 16 * 2 * 4
+    # The frozen reference and the rollout's weight copy are bf16: half the masters' bytes.
+    assert plan["reference"] == plan["rollout_weights"] == plan["params"] // 2
+    assert 2 * plan["params"] <= plan["optimizer"] < 2 * plan["params"] + 1024  # fp32 mu, nu
+    # Rows are split over fsdp: 2 layers x 8 rows x 1040 slots x 2 KV heads x 16 x (k, v) x 2 B.
+    assert plan["kv_cache"] == 2 * 8 * 1040 * 2 * 16 * 2 * 2
     assert plan["arguments"] >= plan["params"] + plan["reference"] + plan["optimizer"]
     assert plan["temporaries"] > plan["kv_cache"]

@@ -137,3 +137,59 @@ def test_unknown_choices_are_named():
         grpo.kl_penalty(jnp.ones(2), jnp.ones(2), "k4")
     with pytest.raises(ValueError, match="'mean'"):
         grpo.aggregate(jnp.ones((2, 2)), jnp.ones((2, 2)), "mean")
+
+
+@pytest.mark.parametrize("log_ratio", [25.0, 100.0, 1e30])
+def test_huge_log_ratios_give_finite_loss_and_gradients(log_ratio):
+    """Past the ±20 bound on log π/π_old (exp(89) is inf in fp32) nothing overflows."""
+    logp, _, ref, _, mask = _inputs(seed=5)
+    old = logp - log_ratio          # the policy now far likelier than when sampled
+    adv = -np.abs(np.random.RandomState(5).normal(0, 1, logp.shape[0])).astype(np.float32) - 0.1
+    for kl_estimator, dual_clip in [("low_var_kl", None), ("k3", 3.0)]:
+        fn = jax.value_and_grad(lambda lp: grpo.grpo_loss(
+            lp, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), jnp.asarray(mask),
+            kl_estimator=kl_estimator, dual_clip=dual_clip)[0])
+        loss, grad = fn(jnp.asarray(logp))
+        assert np.isfinite(float(loss)), (log_ratio, kl_estimator)
+        assert np.all(np.isfinite(np.asarray(grad))), (log_ratio, kl_estimator)
+    # Without dual clip the loss is -A·exp(20) per token: bounded, not 5e8·exp(5) or inf.
+    loss = grpo.grpo_loss(jnp.asarray(logp), jnp.asarray(old), None, jnp.asarray(adv),
+                          jnp.asarray(mask))[0]
+    expected = (-adv[:, None] * np.exp(np.float64(20.0)) * mask).sum() / mask.sum()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def test_without_the_bound_the_same_inputs_overflow():
+    """The contrast: an unbounded ratio (max_log_ratio=inf) gives inf loss and NaN gradients."""
+    logp, _, _, _, mask = _inputs(seed=5)
+    adv = -np.ones(logp.shape[0], np.float32)
+    fn = jax.value_and_grad(lambda lp, bound: grpo.grpo_loss(
+        lp, jnp.asarray(logp - 100.0), None, jnp.asarray(adv), jnp.asarray(mask),
+        max_log_ratio=bound)[0])
+    loss, grad = fn(jnp.asarray(logp), np.inf)
+    assert not np.isfinite(float(loss)) or not np.all(np.isfinite(np.asarray(grad)))
+    loss, grad = fn(jnp.asarray(logp), 20.0)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_the_bound_changes_nothing_inside_it():
+    logp, old, ref, adv, mask = _inputs(seed=6)
+    old = logp + np.random.RandomState(6).uniform(-19.0, 19.0, logp.shape).astype(np.float32)
+    fn = jax.value_and_grad(lambda lp, bound: grpo.grpo_loss(
+        lp, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), jnp.asarray(mask),
+        max_log_ratio=bound)[0])
+    bounded, bounded_grad = fn(jnp.asarray(logp), 20.0)
+    free, free_grad = fn(jnp.asarray(logp), np.inf)
+    np.testing.assert_allclose(float(bounded), float(free), rtol=1e-7)
+    np.testing.assert_array_equal(np.asarray(bounded_grad), np.asarray(free_grad))
+    expected = _np_loss(logp.astype(np.float64), old, ref, adv, mask, "token-mean", "low_var_kl")
+    np.testing.assert_allclose(float(bounded), expected, rtol=1e-5)
+
+
+def test_kl_penalty_is_finite_for_any_finite_log_probs():
+    logp = jnp.asarray([-200.0, -0.1, -1e30, -3.0])
+    ref = jnp.asarray([-0.1, -200.0, -0.5, -1e30])
+    for estimator in ("k3", "low_var_kl"):
+        kl, grad = jax.value_and_grad(lambda lp: grpo.kl_penalty(lp, ref, estimator).sum())(logp)
+        assert np.isfinite(float(kl)) and np.all(np.isfinite(np.asarray(grad))), estimator
+        assert np.all(np.asarray(grpo.kl_penalty(logp, ref, estimator)) == 10.0)  # the ±10 cap

@@ -155,3 +155,21 @@ def test_parse_weights():
     for bad in ("nq", "=1", "nq=x", "nq=-1", "nq=nan", "nq=inf"):
         with pytest.raises(ValueError):
             tc.parse_weights(bad)
+
+
+@pytest.mark.parametrize("name", ["llama3b", "llama8b", "qwen2_5_7b", "qwen3_8b", "search_r1"])
+def test_accelerator_configs_keep_fp32_masters_and_compute_in_bf16(name):
+    c = load(name)
+    assert (c.model.param_dtype, c.model.dtype) == ("float32", "bfloat16")
+    assert (tc.default_config().model.param_dtype, tc.default_config().model.dtype) == (
+        "float32", "bfloat16")
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan")])
+def test_max_log_ratio_must_be_finite_and_positive(value):
+    c = load("smoke")
+    assert c.grpo.max_log_ratio == 20.0
+    c.grpo.max_log_ratio = value
+    with pytest.raises(tc.ConfigFieldError,
+                       match="config.grpo.max_log_ratio=.*a finite number > 0"):
+        tc.validate(c)

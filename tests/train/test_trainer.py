@@ -70,6 +70,34 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
     _exported_model_matches(model, workdir, tmp_path / "hf")
 
 
+@pytest.mark.slow
+def test_mixed_precision_run_resumes_exactly_with_fp32_masters(tmp_path):
+    """The default precision (fp32 masters and Adam state, bf16 compute, rollout and
+    reference): checkpoints hold fp32 weights and a resumed run repeats step 3 exactly."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    def config():
+        c = small_config(total_steps=3)
+        c.model.update(param_dtype="float32", dtype="bfloat16")
+        return c
+
+    trainer.run(config(), str(tmp_path / "full"))
+    trainer.run(config(), str(tmp_path / "split"), stop_after=2)
+    resumed = trainer.run(config(), str(tmp_path / "split"))
+    assert 1 <= resumed.start_step <= 2 and resumed.last_step == 3
+    expected = {r["step"]: r for r in read_jsonl(tmp_path / "full" / METRICS_FILE)}
+    got = {r["step"]: r for r in read_jsonl(tmp_path / "split" / METRICS_FILE)}
+    for step in range(resumed.start_step + 1, 4):
+        for name in COMPARED:
+            assert got[step][name] == expected[step][name], (step, name)
+    model, meta = checkpoints.load_model(tmp_path / "full")
+    assert (meta["model"]["param_dtype"], meta["model"]["dtype"]) == ("float32", "bfloat16")
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert params and all(np.asarray(x).dtype == np.float32 for x in params)
+
+
 def _exported_model_matches(model, workdir, out):
     """The trained checkpoint, exported with `convert orbax-to-hf`, loads in transformers
     with the logits of our model (fp32, left-padded rows)."""
