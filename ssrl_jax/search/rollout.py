@@ -304,15 +304,20 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
         steps += int(state.num_steps)
         turns += 1
 
-    tokens, sources = jax.device_get((state.tokens, state.sources))
-    close = SEARCH_STOP.encode()
-    written = np.array([b"".join(token_bytes[t] for t in tokens[b][sources[b] == TokenSource.POLICY])
-                        .count(close) for b in range(n)])
+    written = written_searches(state, token_bytes)
     return SearchRollout(state=state, real_searches=real,
                          self_searches=np.maximum(written - real - failed - dropped, 0),
                          failed_searches=failed, dropped_searches=dropped,
                          invalid_actions=np.zeros(n, np.int64), queries=queries,
                          turns=turns, decode_steps=steps)
+
+
+def written_searches(state: Any, token_bytes: Sequence[bytes]) -> np.ndarray:
+    """int [B]: the `</search>` tags each row's policy tokens wrote, real or not."""
+    tokens, sources = jax.device_get((state.tokens, state.sources))
+    close = SEARCH_STOP.encode()
+    return np.array([b"".join(token_bytes[t] for t in row[src == TokenSource.POLICY]).count(close)
+                     for row, src in zip(tokens, sources)])
 
 
 def cut_at_tag(tokens: np.ndarray, sources: np.ndarray, token_bytes: Sequence[bytes],

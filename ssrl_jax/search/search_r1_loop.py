@@ -26,10 +26,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ssrl_jax.sampler.sources import FinishReason, TokenSource
+from ssrl_jax.sampler.sources import FinishReason
 from ssrl_jax.search.rollout import (INFO_PREFIX, INFO_SUFFIX, SEARCH_STOP, Encode,
                                      QueryRecord, SearchPolicy, SearchRollout, _response,
-                                     cut_at_tag, query_entropy, rollout_cache_len, wants_real)
+                                     cut_at_tag, query_entropy, rollout_cache_len, wants_real,
+                                     written_searches)
 from ssrl_jax.search.turns import ANSWER_STOP, INVALID_ACTION_OBSERVATION, first_action
 
 TURN_TAGS = (SEARCH_STOP, ANSWER_STOP)
@@ -134,10 +135,7 @@ def search_r1_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy:
         steps += int(state.num_steps)
         turns += 1
 
-    tokens, sources = jax.device_get((state.tokens, state.sources))
-    close = SEARCH_STOP.encode()
-    written = np.array([b"".join(token_bytes[t] for t in tokens[b][sources[b] == TokenSource.POLICY])
-                        .count(close) for b in range(n)])
+    written = written_searches(state, token_bytes)
     return SearchRollout(state=state, real_searches=counts["real"],
                          self_searches=np.maximum(written - counts["real"] - counts["failed"], 0),
                          failed_searches=counts["failed"], dropped_searches=np.zeros(n, np.int64),
