@@ -201,7 +201,7 @@ class Sampler:
         retract = np.array([r is not None for r in replace_last], bool)
         policy_len = np.array([len(r or ()) for r in replace_last], np.int32)
         injected = [list(r or ()) + list(row) for r, row in zip(replace_last, injected)]
-        empty = [b for b in np.flatnonzero(retract) if not injected[b]]
+        empty = [int(b) for b in np.flatnonzero(retract) if not injected[b]]
         if empty:
             raise ValueError(f"replace_last: rows {empty} would lose their last token and "
                              "receive none; give them replacement or injected tokens")

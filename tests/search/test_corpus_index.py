@@ -113,14 +113,15 @@ def test_cli_never_deletes_the_corpus_or_a_workdir(corpus_path, tmp_path, capsys
     corpus = folder / "corpus.jsonl"
     corpus.write_bytes(corpus_path.read_bytes())
     for out in (folder, tmp_path):  # the corpus's folder, and a folder above it
-        code = index_cli.main(["--corpus", str(corpus), "--out", str(out), "--overwrite"])
-        assert code != 0
-        assert f"--out {out}: contains the input --corpus {corpus}" in capsys.readouterr().err
+        error = user_error(capsys, index_cli.main,
+                           ["--corpus", str(corpus), "--out", str(out), "--overwrite"])
+        assert f"--out {out}: contains the input --corpus {corpus}" in error
         assert corpus.read_bytes() == corpus_path.read_bytes()
     workdir = tmp_path / "run"
     (workdir / "checkpoints" / "1").mkdir(parents=True)
-    code = index_cli.main(["--corpus", str(corpus), "--out", str(workdir), "--overwrite"])
-    assert code != 0 and "holds a training workdir" in capsys.readouterr().err
+    error = user_error(capsys, index_cli.main,
+                       ["--corpus", str(corpus), "--out", str(workdir), "--overwrite"])
+    assert "holds a training workdir" in error
     assert (workdir / "checkpoints" / "1").is_dir()
 
 
