@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ def test_tiny_real_search_in_one_micro_batch_is_refused_before_any_step(eight_gb
         trainer.run(config, str(tmp_path / "run"), stop_after=1)
     message = str(e.value)
     assert message.startswith("config.grpo.num_micro_batches=1: the host-driven step needs about ")
-    assert "micro-batches of 64 of 64 responses × 1416 slots" in message
+    assert re.search(r"micro-batches of 64 of 64 responses × \d+ slots", message), message
     assert "available host RAM (MemAvailable) is 8.0 GB; set config.grpo.num_micro_batches=" in message
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
