@@ -543,12 +543,13 @@ def _resume(directory: epath.Path, state: Any, iterator: Any, identity: dict[str
     another run (RunMismatchError) and a workdir whose listed steps are all unreadable
     (UnreadableCheckpointsError); steps newer than the one resumed are quarantined.
     """
-    if not directory.exists():
-        return 0
     # Never saves, so never deletes (max_to_keep=None); read_only=True would log a warning.
+    # Made on every host whether or not the directory exists yet: creating a manager is a
+    # multi-host barrier, so no host may skip it on what its own view of the disk says.
     manager = checkpoints.make_manager(directory, max_to_keep=None, async_save=False)
     listed = sorted(manager.all_steps())
     if not listed:
+        manager.close()
         return 0
     abstract = functools.partial(jax.tree.map, ocp.utils.to_shape_dtype_struct)
     restored = checkpoints.restore_latest(
