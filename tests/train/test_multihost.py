@@ -38,7 +38,7 @@ def _command(workdir, *overrides):
     # holds the same rows, so per-host input and once-per-row scoring are both exercised.
     return [sys.executable, "-m", "ssrl_jax.train", "--config", str(ROOT / "configs" / "smoke.py"),
             "--workdir", str(workdir), "--config.batch_size=8", "--config.mesh.fsdp=4",
-            "--config.mesh.tensor=2", "--config.rollout.max_new_tokens=16", *overrides]
+            "--config.mesh.tensor=2", "--config.rollout.max_new_tokens=8", *overrides]
 
 
 def _env(devices: int, cluster: dict[str, str] | None = None) -> dict[str, str]:
@@ -59,7 +59,7 @@ def _start_cluster(workdir, *overrides, processes=2):
         for i in range(processes)]
 
 
-def _finish(procs, timeout=600) -> list[str]:
+def _finish(procs, timeout=1200) -> list[str]:
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-4000:]}"
@@ -80,11 +80,11 @@ def _assert_same_run(got: list[dict], want: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
-    """The reference: 1 process x 8 devices, 6 steps."""
+    """The reference: 1 process x 8 devices, 4 steps."""
     workdir = tmp_path_factory.mktemp("one_process")
-    result = subprocess.run(_command(workdir, "--config.total_steps=6",
-                                     "--config.checkpoint.every_steps=3"),
-                            capture_output=True, text=True, env=_env(8), timeout=600)
+    result = subprocess.run(_command(workdir, "--config.total_steps=4",
+                                     "--config.checkpoint.every_steps=2"),
+                            capture_output=True, text=True, env=_env(8), timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
     return _metrics(workdir)
 
@@ -92,21 +92,21 @@ def one_process_run(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_equal_one_and_both_write_checkpoints(tmp_path, one_process_run):
     workdir = tmp_path / "cluster"
-    outputs = _finish(_start_cluster(workdir, "--config.total_steps=6",
-                                     "--config.checkpoint.every_steps=3"))
-    assert all("finished at step 6/6" in out for out in outputs), outputs[0][-2000:]
+    outputs = _finish(_start_cluster(workdir, "--config.total_steps=4",
+                                     "--config.checkpoint.every_steps=2"))
+    assert all("finished at step 4/4" in out for out in outputs), outputs[0][-2000:]
     _assert_same_run(_metrics(workdir), one_process_run)
     # Orbax writes one checkpoint per step, each host its own shards of the arrays.
     directory = checkpoints.checkpoint_dir(workdir)
-    assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == [3, 6]
+    assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == [2, 4]
     step, meta = checkpoints.read_meta(workdir)
-    assert step == 6 and meta["data_iterator"]
+    assert step == 4 and meta["data_iterator"]
 
 
 @pytest.mark.slow
 def test_sigterm_to_one_host_saves_the_same_step_on_both_and_resumes(tmp_path, one_process_run):
     workdir = tmp_path / "cluster"
-    overrides = ("--config.total_steps=6", "--config.checkpoint.every_steps=100")
+    overrides = ("--config.total_steps=4", "--config.checkpoint.every_steps=100")
     procs = _start_cluster(workdir, *overrides)
     metrics = workdir / METRICS_FILE
     deadline = time.time() + 480
@@ -121,7 +121,7 @@ def test_sigterm_to_one_host_saves_the_same_step_on_both_and_resumes(tmp_path, o
     for out in outputs:
         assert "preempted at step" in out, out[-3000:]
     step, _ = checkpoints.read_meta(workdir)
-    assert step == saved[0] < 6
+    assert step == saved[0] < 4
 
     _finish(_start_cluster(workdir, *overrides))
     _assert_same_run(_metrics(workdir), one_process_run)
