@@ -72,3 +72,12 @@ def write_searching_model(directory):
     successors[start] = {t["<think>"]: SHARP}
 
     return save_bigram_model(directory, tok, successors, max_position_embeddings=4096)
+
+
+def searching_sampler(directory):
+    """(Sampler, tokenizer) of the searching model written to `directory`, in float32."""
+    from ssrl_jax.eval.selfsearch import load_for_eval
+    from ssrl_jax.sampler import Sampler
+
+    model, tok, eos = load_for_eval(str(write_searching_model(directory)), dtype="float32")
+    return Sampler(model, tokenizer=tok, eos_ids=eos), tok

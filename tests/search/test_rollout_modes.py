@@ -10,19 +10,14 @@ from ssrl_jax.sampler import GREEDY, TokenSource
 from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.rollout import (SearchPolicy, injection_rounds, last_query, search_rollout,
                                      wants_real)
-from tests.search.search_model import write_searching_model
+from tests.search.search_model import searching_sampler
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?", "Where?"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ssrl_jax.eval.selfsearch import load_for_eval
-    from ssrl_jax.sampler import Sampler
-
-    model_dir = write_searching_model(tmp_path_factory.mktemp("searching_model"))
-    model, tok, eos = load_for_eval(str(model_dir), dtype="float32")
-    sampler = Sampler(model, tokenizer=tok, eos_ids=eos)
+    sampler, tok = searching_sampler(tmp_path_factory.mktemp("searching_model"))
     prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
     return sampler, tok, prompts
 

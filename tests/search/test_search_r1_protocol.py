@@ -11,19 +11,14 @@ from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.rollout import SearchPolicy, search_rollout
 from ssrl_jax.search.turns import (INVALID_ACTION_OBSERVATION, first_action, kept_bytes,
                                    retokenize)
-from tests.search.search_model import write_searching_model
+from tests.search.search_model import searching_sampler
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ssrl_jax.eval.selfsearch import load_for_eval
-    from ssrl_jax.sampler import Sampler
-
-    model_dir = write_searching_model(tmp_path_factory.mktemp("searching_model"))
-    model, tok, eos = load_for_eval(str(model_dir), dtype="float32")
-    sampler = Sampler(model, tokenizer=tok, eos_ids=eos)
+    sampler, tok = searching_sampler(tmp_path_factory.mktemp("searching_model"))
     prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
     encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     return sampler, tok, prompts, encode
