@@ -1,6 +1,6 @@
 """Benchmarks that print figures.
 
-    python -m ssrl_jax.bench sampler [--batch 8 --new-tokens 128 --repeats 3]
+    python -m ssrl_jax.bench sampler [--batch 8 --new-tokens 128 --repeats 3 --size 20m --dtype float32]
     python -m ssrl_jax.bench step [--model tiny,20m --prompts 8 --group-size 4 --new-tokens 64]
     python -m ssrl_jax.bench memory --config configs/llama8b.py [--set mesh.fsdp=8 ...] [--devices N]
 """
@@ -16,7 +16,8 @@ from ssrl_jax.cli_errors import ArgumentParser, cli_main
 def _sampler(args: argparse.Namespace) -> None:
     from ssrl_jax.benchmarks import sampler
 
-    result = sampler.run(batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats)
+    result = sampler.run(batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats,
+                         size=args.size, dtype=args.dtype)
     print(result.report())
 
 
@@ -25,7 +26,9 @@ def _step(args: argparse.Namespace) -> None:
 
     for model in args.model.split(","):
         result = step.run(model, prompts=args.prompts, group_size=args.group_size,
-                          new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype)
+                          new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype,
+                          param_dtype=args.param_dtype, micro_batches=args.micro_batches,
+                          remat=args.remat)
         print(result.report(), flush=True)
 
 
@@ -49,16 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--batch", type=int, default=8)
     sampler.add_argument("--new-tokens", type=int, default=128)
     sampler.add_argument("--repeats", type=int, default=3)
+    sampler.add_argument("--size", default="20m", choices=("20m", "1b"),
+                         help="model shapes: 20m (CPU), 1b (Llama-3.2-1B shapes, accelerators)")
+    sampler.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     sampler.set_defaults(run=_sampler)
     step = commands.add_parser("step", help="train step: compile time, sampling/scoring/update "
                                "split, tokens/s")
     step.add_argument("--model", default="tiny,20m",
-                      help="comma-separated: tiny (0.1M params), 20m (~20M params)")
+                      help="comma-separated: tiny (0.1M params), 20m (~20M params), "
+                      "1b (Llama-3.2-1B body, accelerators)")
     step.add_argument("--prompts", type=int, default=8)
     step.add_argument("--group-size", type=int, default=4)
     step.add_argument("--new-tokens", type=int, default=64)
     step.add_argument("--repeats", type=int, default=2)
-    step.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    step.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype")
+    step.add_argument("--param-dtype", default=None, choices=("float32", "bfloat16"),
+                      help="master weights and optimizer state (default: --dtype)")
+    step.add_argument("--micro-batches", type=int, default=1,
+                      help="gradient-accumulation micro-batches of the update")
+    step.add_argument("--remat", default="none", help="the model's remat policy (ModelConfig)")
     step.set_defaults(run=_step)
     memory = commands.add_parser("memory", help="per-device memory of a config's compiled train "
                                  "step (fake CPU devices, no weights needed)")

@@ -20,7 +20,16 @@ MODELS = {
                  num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=True),
     "20m": dict(family="llama", hidden_size=512, intermediate_size=1408, num_layers=6,
                 num_heads=8, num_kv_heads=4, head_dim=64, tie_word_embeddings=True),
+    # Llama-3.2-1B's body (the vocabulary is the shipped tokenizer's): for accelerators.
+    "1b": dict(family="llama", hidden_size=2048, intermediate_size=8192, num_layers=16,
+               num_heads=32, num_kv_heads=8, head_dim=64, tie_word_embeddings=True),
 }
+# Dense bf16 peak FLOP/s of an accelerator, from its `device_kind`, for MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_kind), None)
 
 
 @dataclasses.dataclass
@@ -30,6 +39,9 @@ class StepBenchResult:
     body_params: int     # the parameters every slot multiplies (no embedding table)
     head_params: int     # the output projection
     dtype: str
+    param_dtype: str
+    device: str
+    peak_memory_bytes: int | None
     prompts: int
     group_size: int
     prompt_tokens: int
@@ -52,11 +64,20 @@ class StepBenchResult:
         body = self.body_params * rows * (self.prompt_tokens + self.new_tokens)
         return 8.0 * (body + self.head_params * rows * self.new_tokens)
 
+    @property
+    def rollout_flops(self) -> float:
+        """Model FLOPs of sampling: 2 per body parameter per slot (prefill and decode) and
+        2 per head parameter per generated token (attention over the cache not counted)."""
+        rows = self.prompts * self.group_size
+        return 2.0 * rows * (self.body_params * (self.prompt_tokens + self.new_tokens)
+                             + self.head_params * self.new_tokens)
+
     def report(self) -> str:
         parts = self.rollout_s + self.score_s + self.learn_s
         share = lambda s: f"{s * 1e3:8.1f} ms ({100 * s / parts:4.1f}%)"  # noqa: E731
         return "\n".join([
-            f"train step [{self.model}]: {self.num_params / 1e6:.2f}M params, {self.dtype}, "
+            f"train step [{self.model}]: {self.num_params / 1e6:.2f}M params, {self.param_dtype} "
+            f"parameters, {self.dtype} compute, {self.device}, "
             f"{self.prompts} prompts x {self.group_size} samples, prompts padded to "
             f"{self.prompt_tokens} tokens, up to {self.new_tokens} new tokens",
             f"  compile (whole step)   : {self.compile_s:8.1f} s",
@@ -71,7 +92,20 @@ class StepBenchResult:
             f"  trained tokens/s       : {self.trained_tokens / self.step_s:10.0f} "
             f"({self.trained_tokens:.0f} unmasked response tokens per step)",
             f"  update model FLOP/s    : {self.update_flops / self.learn_s / 1e9:10.2f} G",
-        ])
+        ] + self._accelerator_lines())
+
+    def _accelerator_lines(self) -> list[str]:
+        lines = []
+        peak = peak_flops(self.device)
+        if peak:
+            lines += [
+                f"  update MFU             : {100 * self.update_flops / self.learn_s / peak:6.1f}%"
+                f" of {peak / 1e12:.0f} TFLOP/s ({self.device}, dense bf16)",
+                f"  sampling MFU           : "
+                f"{100 * self.rollout_flops / self.rollout_s / peak:6.1f}%"]
+        if self.peak_memory_bytes:
+            lines.append(f"  peak device memory     : {self.peak_memory_bytes / 2**30:8.2f} GiB")
+        return lines
 
 
 def _median_time(fn, repeats: int):
@@ -90,7 +124,8 @@ def jax_block(x):
 
 
 def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_tokens: int = 64,
-        repeats: int = 3, dtype: str = "float32", seed: int = 0) -> StepBenchResult:
+        repeats: int = 3, dtype: str = "float32", param_dtype: str | None = None,
+        micro_batches: int = 1, remat: str = "none", seed: int = 0) -> StepBenchResult:
     import jax
     from flax import nnx
     from transformers import AutoTokenizer
@@ -114,13 +149,15 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
              "golds": encode_golds([r.golden_answers for r in rows], 16, 128)}
 
     config = ModelConfig(**MODELS[model], vocab_size=len(tokenizer),
-                         eos_token_id=tokenizer.eos_token_id, param_dtype=dtype, dtype=dtype)
+                         eos_token_id=tokenizer.eos_token_id,
+                         param_dtype=param_dtype or dtype, dtype=dtype, remat=remat)
     policy = init_model(config, seed=seed)
     optimizer = make_optimizer(1e-5, warmup_steps=1)
     graphdef = nnx.graphdef(policy)
     state = init_train_state(policy, optimizer)
     step_config = StepConfig(group_size=group_size, max_new_tokens=new_tokens,
-                             eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
+                             eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id,
+                             num_micro_batches=micro_batches)
     kwargs = dict(token_bytes=token_bytes(tokenizer, config.vocab_size),
                   reward_fn=functools.partial(ssrl_reward, format_weight=0.1),
                   optimizer=optimizer)
@@ -160,11 +197,15 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
         times.append(time.perf_counter() - start)
     metrics = jax.device_get(metrics)
     responses = prompts * group_size
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
     return StepBenchResult(
         model=model, num_params=config.num_params(),
         body_params=config.num_params() - config.hidden_size * config.vocab_size * (
             1 if config.tie_word_embeddings else 2),
-        head_params=config.hidden_size * config.vocab_size, dtype=dtype, prompts=prompts,
+        head_params=config.hidden_size * config.vocab_size, dtype=dtype,
+        param_dtype=config.param_dtype, device=device.device_kind,
+        peak_memory_bytes=(stats or {}).get("peak_bytes_in_use"), prompts=prompts,
         group_size=group_size, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
         compile_s=compile_s, step_s=statistics.median(times), rollout_s=rollout_s,
         score_s=score_s, learn_s=learn_s, learn_all_slots_s=learn_all_slots_s,
