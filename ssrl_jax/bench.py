@@ -3,6 +3,7 @@
     python -m ssrl_jax.bench sampler [--batch 8 --new-tokens 128 --repeats 3 --size 20m --dtype float32]
     python -m ssrl_jax.bench step [--model tiny,20m --prompts 8 --group-size 4 --new-tokens 64]
     python -m ssrl_jax.bench memory --config configs/llama8b.py [--set mesh.fsdp=8 ...] [--devices N]
+        [--topology v5p:4x4x4] [--json]
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ def _step(args: argparse.Namespace) -> None:
 def _memory(args: argparse.Namespace) -> None:
     from ssrl_jax.benchmarks import memory
 
-    plan = memory.run(args.config, args.set, devices=args.devices)
+    plan = memory.run(args.config, args.set, devices=args.devices, topology=args.topology,
+                      hlo_out=args.hlo_out)
     if args.json:
-        import dataclasses
-        import json
-
-        print(json.dumps({**dataclasses.asdict(plan), "peak": plan.peak}))
+        print(plan.to_json())
     else:
         print(plan.report(), flush=True)
 
@@ -74,12 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--remat", default="none", help="the model's remat policy (ModelConfig)")
     step.set_defaults(run=_step)
     memory = commands.add_parser("memory", help="per-device memory of a config's compiled train "
-                                 "step (fake CPU devices, no weights needed)")
+                                 "step (fake CPU devices, or a TPU topology with libtpu; no "
+                                 "weights needed)")
     memory.add_argument("--config", required=True, help="a training config file")
     memory.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set mesh.fsdp=8 (repeatable)")
     memory.add_argument("--devices", type=int, default=None,
                         help="device count when the mesh has a -1 axis")
+    memory.add_argument("--topology", default=None, metavar="NAME",
+                        help="compile for this TPU topology with libtpu, no chip needed, e.g. "
+                        "v5p:4x4x4 (v5p-128), v5p:2x4x4 (v5p-64), v6e:8x8 (v6e-64)")
+    memory.add_argument("--hlo-out", default=None, metavar="PATH",
+                        help="write the compiled program's HLO text here")
     memory.add_argument("--json", action="store_true", help="print the figures as JSON")
     memory.set_defaults(run=_memory)
     return parser

@@ -100,6 +100,19 @@ class ShardingRules:
                  mesh: jax.sharding.Mesh) -> NamedSharding:
         return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
 
+    def decode_layout(self) -> "ShardingRules":
+        """The rules of the rollout's weight copy: parameter dimensions keep their `tensor`
+        sharding only (replicated over data and fsdp), so the decode loop multiplies by
+        weights every device already holds and gathers none; activations (`batch`,
+        `act_*`) are laid out as in training, rows over data × fsdp."""
+        return ShardingRules(tuple(
+            (name, axes if _is_activation(name) else tuple(a for a in axes if a == "tensor"))
+            for name, axes in self.rules))
+
+
+def _is_activation(logical: str) -> bool:
+    return logical == "batch" or logical.startswith("act_")
+
 
 def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None, *,
               num_slices: int = 1, allow_split_physical_axes: bool = False
@@ -170,7 +183,7 @@ def _layout_error(shape: dict[str, int], devices: Sequence[jax.Device], num_slic
     return (f"mesh {shape} (num_slices={num_slices}): {axis} cannot be laid out on "
             f"{describe_topology(devices)}. Each axis inside a slice must be a product of "
             f"physical axis sizes; change config.mesh, or set "
-            f"config.mesh_allow_split_physical_axes=True. ({error})")
+            f"config.mesh_layout.allow_split_physical_axes=True. ({error})")
 
 
 def constrain(x: jax.Array, logical_axes: LogicalAxes, rules: ShardingRules | None) -> jax.Array:

@@ -16,7 +16,7 @@ from ssrl_jax.data.prompts import PROMPT_SOURCES
 from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
-from ssrl_jax.rl.step import LR_SCHEDULES
+from ssrl_jax.rl.step import LR_SCHEDULES, WEIGHT_LAYOUTS
 from ssrl_jax.sharding import MESH_AXES
 from ssrl_jax.token_ids import parse_token_ids
 
@@ -88,6 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
     # self: SSRL, the one compiled step. real (Search-R1), first_k_real, entropy_guided: a
     # retriever at config.search.url answers searches in a host-driven turn loop (docs/search.md).
     c.rollout.mode = "self"
+    # decode: the rollout's bf16 weight copy is gathered over fsdp once per step (split over
+    # tensor only), so the decode loop gathers no weights; train: it keeps the training
+    # layout (less memory, a weight all-gather per layer per decode step). docs/performance.md.
+    c.rollout.weight_layout = "decode"
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.reward = "ssrl"        # ssrl: EM vs golds + format; ttrl: agreement with group majority
@@ -247,6 +251,7 @@ _CHECKS: dict[str, Check] = {
     "rollout.top_p": _number(0.0, 1.0, open_low=True),
     "rollout.top_k": _int(0),
     "rollout.mode": _one_of(ROLLOUT_MODES),
+    "rollout.weight_layout": _one_of(WEIGHT_LAYOUTS),
     "rollout.suppressed_token_ids": _token_ids,
     "grpo.reward": _one_of(REWARDS),
     "grpo.format_weight": _number(0.0, 1.0),

@@ -18,7 +18,9 @@ import importlib.util
 import os
 from typing import Any
 
+from ssrl_jax.benchmarks import hlo
 from ssrl_jax.cli_errors import UserError
+from ssrl_jax.sampler.decode import DECODE_LOOP_SCOPE
 
 GIB = 1024 ** 3
 HBM_GIB = {"v5p": 95, "v4": 32, "v5e": 16, "v6e": 32}
@@ -113,31 +115,58 @@ class MemoryPlan:
     outputs: int
     temporaries: int
     compile_s: float
+    weight_layout: str = "decode"
+    backend: str = "cpu"
+    topology: str | None = None
+    hbm_bytes_per_chip: int | None = None
+    compiler_peak: int = 0
+    decode_loop_all_gathers: int = 0
+    decode_loop_weight_all_gathers: int = 0
+    decode_loop_weight_gather_bytes: int = 0
+
+    def to_json(self) -> str:
+        import json
+
+        fields = dataclasses.asdict(self)
+        return json.dumps({**fields, "peak": self.peak, "peak_bytes_per_chip": self.peak,
+                           "peak_share_of_hbm": (self.peak / self.hbm_bytes_per_chip
+                                                 if self.hbm_bytes_per_chip else None)})
 
     @property
     def peak(self) -> int:
-        # The state is donated: outputs reuse argument buffers.
-        return self.arguments + self.temporaries
+        # The state is donated: outputs reuse argument buffers. The TPU compiler's own peak
+        # (live ranges of every buffer) is used where it is larger.
+        return max(self.arguments + self.temporaries, self.compiler_peak)
 
     def report(self) -> str:
         g = lambda b: f"{b / GIB:8.2f} GiB" if b >= GIB else f"{b / 2**20:8.1f} MiB"  # noqa: E731
+        target = (f"TPU topology {self.topology} by libtpu (no chip)" if self.topology
+                  else f"{prod(self.mesh.values())} fake CPU devices (a +-2x ballpark of a TPU)")
         lines = [
             f"memory plan: {self.config_path}: {self.model}, {self.num_params / 1e9:.2f}B params, "
             f"mesh {self.mesh}, {self.rows} responses x {self.slots} slots per step",
-            f"  (compiled ahead of time for {prod(self.mesh.values())} devices in "
-            f"{self.compile_s:.0f} s; bytes per device)",
+            f"  (compiled ahead of time for {target} in {self.compile_s:.0f} s; bytes per "
+            "device)",
             f"  precision           : {self.param_dtype} master weights and optimizer state, "
             f"{self.dtype} compute",
             f"  policy parameters   : {g(self.params)}  ({self.param_dtype})",
             f"  reference parameters: {g(self.reference)}  ({self.dtype})",
-            f"  rollout weight copy : {g(self.rollout_weights)}  ({self.dtype}, inside "
-            "temporaries)",
+            f"  rollout weight copy : {g(self.rollout_weights)}  ({self.dtype}, "
+            f"{self.weight_layout} layout, inside temporaries)",
             f"  optimizer state     : {g(self.optimizer)}",
             f"  KV cache (rollout)  : {g(self.kv_cache)}  (inside temporaries)",
             f"  compiled arguments  : {g(self.arguments)}",
             f"  compiled temporaries: {g(self.temporaries)}",
-            f"  peak (args + temps) : {g(self.peak)}",
+            f"  peak                : {g(self.peak)}",
+            f"  decode loop         : {self.decode_loop_weight_all_gathers} weight all-gathers "
+            f"({g(self.decode_loop_weight_gather_bytes)} per pass of the loop body), "
+            f"{self.decode_loop_all_gathers} all-gathers in all",
         ]
+        if self.hbm_bytes_per_chip:
+            share = self.peak / self.hbm_bytes_per_chip
+            lines.append(f"  {self.topology}: {100 * share:.1f}% of {g(self.hbm_bytes_per_chip)}"
+                         f" HBM per chip")
+            return "\n".join(lines)
         for chip, hbm in HBM_GIB.items():
             headroom = hbm - self.peak / GIB
             verdict = "fits" if headroom > 0 else "does NOT fit"
@@ -153,14 +182,41 @@ def prod(values) -> int:
     return out
 
 
-def run(config_path: str, overrides: list[str] = (), devices: int | None = None) -> MemoryPlan:
+def topology_devices(name: str, num_slices: int = 1) -> list:
+    """The devices of `num_slices` slices of a TPU topology (e.g. "v5p:4x4x4"), compiled for
+    by libtpu without a chip."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise UserError("compiling for a TPU topology needs libtpu", f"--topology {name}",
+                        "install it with pip install -e '.[tpu]' (no TPU is needed)")
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                                 num_slices=num_slices).devices)
+    except Exception as error:  # libtpu's own message says what it could not parse
+        if "lockfile" in str(error):
+            raise UserError(f"another process holds libtpu ({error})", f"--topology {name}",
+                            "wait for it, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 (compiling "
+                            "uses no chip)") from None
+        raise UserError(f"libtpu does not know the topology {name!r}: {error}",
+                        f"--topology {name}", "e.g. v5p:2x4x4 (v5p-64), v5p:4x4x4 (v5p-128), "
+                        "v6e:8x8 (v6e-64)") from None
+
+
+def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
+        topology: str | None = None, hlo_out: str | None = None) -> MemoryPlan:
     import time
 
     config = load_config(config_path, overrides)
-    count = mesh_devices(config, devices)
     import jax
 
-    jax.config.update("jax_num_cpu_devices", count)
+    if topology:
+        mesh_device_list = topology_devices(topology, config.mesh_layout.num_slices)
+        count = len(mesh_device_list)
+    else:
+        count = mesh_devices(config, devices)
+        jax.config.update("jax_num_cpu_devices", count)
+        mesh_device_list = None
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
@@ -175,11 +231,13 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
     from ssrl_jax.trainer import step_config
 
     tc.validate(config)
-    if len(jax.devices()) != count:
+    if mesh_device_list is None and len(jax.devices()) != count:
         raise RuntimeError(f"the memory plan needs {count} CPU devices but JAX already has "
                            f"{len(jax.devices())}; run it in a fresh process")
     rules = ShardingRules()
-    mesh = make_mesh(dict(config.mesh))
+    mesh = make_mesh(dict(config.mesh), mesh_device_list,
+                     num_slices=config.mesh_layout.num_slices,
+                     allow_split_physical_axes=config.mesh_layout.allow_split_physical_axes)
     model_config = model_config_of(config)
     graphdef, abstract_state = nnx.split(abstract_model(model_config, rules))
     shardings = state_shardings(abstract_state, mesh, rules)
@@ -220,6 +278,21 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
         compiled = step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
+    text = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w") as f:
+            f.write(text)
+    comps = hlo.computations(text)
+    in_loop = hlo.gathers_in(comps, hlo.loop_computations(comps, DECODE_LOOP_SCOPE))
+    shapes = hlo.weight_shapes([leaf.shape for leaf in jax.tree.leaves(params)],
+                               [size for size in mesh.shape.values() if size > 1])
+    weight_gathers = [c for c in in_loop if hlo.is_weight(c, shapes)]
+
+    # The rollout's weight copy, in the compute dtype and the layout it decodes with.
+    layout = rules.decode_layout() if config.rollout.weight_layout == "decode" else rules
+    rollout_weights = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), compute_params,
+        state_shardings(abstract_state, mesh, layout))
 
     rows = prompts * config.rollout.group_size
     slots = length + config.rollout.max_new_tokens
@@ -232,7 +305,14 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None)
         model_config.num_params(), mesh=dict(mesh.shape), rows=rows, slots=slots,
         param_dtype=model_config.param_dtype, dtype=model_config.dtype,
         params=_per_device_bytes(params), reference=_per_device_bytes(compute_params),
-        rollout_weights=_per_device_bytes(compute_params),
+        rollout_weights=_per_device_bytes(rollout_weights),
         optimizer=_per_device_bytes(opt_state), kv_cache=kv,
         arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
-        temporaries=analysis.temp_size_in_bytes, compile_s=compile_s)
+        temporaries=analysis.temp_size_in_bytes, compile_s=compile_s,
+        weight_layout=config.rollout.weight_layout,
+        backend=mesh.devices.flat[0].platform, topology=topology,
+        hbm_bytes_per_chip=HBM_GIB[topology.split(":")[0]] * GIB if topology else None,
+        compiler_peak=getattr(analysis, "peak_memory_in_bytes", 0) or 0,
+        decode_loop_all_gathers=len(in_loop),
+        decode_loop_weight_all_gathers=len(weight_gathers),
+        decode_loop_weight_gather_bytes=sum(c.bytes for c in weight_gathers))

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from ssrl_jax.models import Transformer
+from ssrl_jax.models.init import logical_axes_of
 from ssrl_jax.rl import grpo
 from ssrl_jax.rl.logprobs import chunked_token_logprobs
 from ssrl_jax.rl.scoring import SCORE_NAMES, RewardFn, score_on_host
@@ -31,6 +32,11 @@ from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sampler.stop import build_stop_table
 from ssrl_jax.sharding import ShardingRules, constrain
+
+
+# "decode": the rollout's weights are gathered over fsdp once per step, before the decode
+# loop; "train": they keep the training layout (gathered layer by layer at every decode step).
+WEIGHT_LAYOUTS = ("decode", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +67,8 @@ class StepConfig:
     logprob_chunk: int = 256
     # Rows of the rollout returned (replicated) under metrics["samples"] for logging.
     sample_rows: int = 0
+    # The layout of the rollout's weight copy (`decode_copy`): "decode" or "train".
+    weight_layout: str = "decode"
 
     def __post_init__(self):
         if not self.eos_ids:
@@ -69,6 +77,9 @@ class StepConfig:
                      "max_new_tokens", "logprob_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StepConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"StepConfig.weight_layout={self.weight_layout!r}: must be one of "
+                             f"{WEIGHT_LAYOUTS}")
         if self.sample_rows < 0:
             raise ValueError(f"StepConfig.sample_rows must be >= 0, got {self.sample_rows}")
         if not (math.isfinite(self.max_log_ratio) and self.max_log_ratio > 0):
@@ -103,6 +114,21 @@ def compute_copy(params: Any, dtype: Any) -> Any:
     dtype = jnp.dtype(dtype)
     return jax.tree.map(lambda p: jnp.copy(p).astype(dtype)
                         if jnp.issubdtype(p.dtype, jnp.floating) else jnp.copy(p), params)
+
+
+def decode_copy(params: nnx.State, dtype: Any, rules: ShardingRules | None) -> nnx.State:
+    """`compute_copy` in the decode layout of `rules` (`ShardingRules.decode_layout`: each
+    weight replicated over data × fsdp, still split over tensor) when a mesh is set; with
+    `rules` None, in the layout of `params`."""
+    copy = compute_copy(params, dtype)
+    mesh = jax.sharding.get_abstract_mesh()
+    if rules is None or mesh.empty:
+        return copy
+    layout = rules.decode_layout()
+    return jax.tree.map(
+        lambda v: v.replace(jax.lax.with_sharding_constraint(
+            v.get_value(), layout.spec(logical_axes_of(v), v.shape, mesh))),
+        copy, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -232,11 +258,12 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
     n = config.group_size
 
     def rollout(params, batch, key):
-        # The sampler decodes with a compute-dtype (bf16) copy of the master weights, made
-        # once here rather than cast again (and, under FSDP, gathered at twice the bytes) at
-        # every decode step.
+        # The sampler decodes with a compute-dtype (bf16) copy of the master weights in the
+        # decode layout, made once here: cast once rather than at every decode step, and
+        # gathered over fsdp once rather than layer by layer inside the decode loop.
         dtype = nnx.merge(graphdef, params).config.dtype
-        model = nnx.merge(graphdef, compute_copy(params, dtype))
+        layout_rules = rules if config.weight_layout == "decode" else None
+        model = nnx.merge(graphdef, decode_copy(params, dtype, layout_rules))
         ids = jnp.repeat(batch["prompt_ids"], n, axis=0)
         valid = jnp.repeat(batch["prompt_valid"], n, axis=0)
         keys = jax.random.split(key, ids.shape[0])

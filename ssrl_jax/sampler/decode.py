@@ -133,6 +133,9 @@ def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Ar
         matched_stop=jnp.where(resume_rows, jnp.int8(NO_STOP), state.matched_stop))
 
 
+DECODE_LOOP_SCOPE = "decode_loop"
+
+
 def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
            stop_next: jax.Array, stop_completed: jax.Array, eos_ids: jax.Array,
            max_new_tokens: jax.Array, pad_id: int, layer_loop: bool = False) -> DecodeState:
@@ -189,7 +192,10 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
         )
 
     state = dataclasses.replace(state, num_steps=jnp.zeros((), jnp.int32))
-    state = jax.lax.while_loop(running, step, state)
+    # The scope names the loop in the compiled program (the memory plan looks for weight
+    # collectives inside it).
+    with jax.named_scope(DECODE_LOOP_SCOPE):
+        state = jax.lax.while_loop(running, step, state)
     if layer_loop:
         state = dataclasses.replace(state, cache=layer_loop_lib.stack_cache(state.cache))
     return state

@@ -28,7 +28,10 @@ def test_memory_plan_of_the_tiny_config_on_two_devices():
     # FSDP halves every matrix; only the small norm vectors are replicated.
     assert full / 2 <= plan["params"] < 0.55 * full
     # The frozen reference and the rollout's weight copy are bf16: half the masters' bytes.
-    assert plan["reference"] == plan["rollout_weights"] == plan["params"] // 2
+    assert plan["reference"] == plan["params"] // 2
+    # The rollout decodes with a bf16 copy gathered over fsdp (the decode layout).
+    assert plan["rollout_weights"] == plan["num_params"] * 2
+    assert plan["weight_layout"] == "decode" and plan["backend"] == "cpu"
     assert 2 * plan["params"] <= plan["optimizer"] < 2 * plan["params"] + 1024  # fp32 mu, nu
     # Rows are split over fsdp: 2 layers x 8 rows x 1040 slots x 2 KV heads x 16 x (k, v) x 2 B.
     assert plan["kv_cache"] == 2 * 8 * 1040 * 2 * 16 * 2 * 2

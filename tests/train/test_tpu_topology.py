@@ -18,6 +18,9 @@ if importlib.util.find_spec("libtpu") is None:
         raise RuntimeError("CI must install libtpu (pip install -e '.[tpu]') for the TPU "
                            "topology tests")
     pytest.skip("libtpu is not installed (pip install -e '.[tpu]')", allow_module_level=True)
+# Compiling for a topology uses no chip: other processes (a parallel test worker, a
+# `bench memory --topology` run) may hold libtpu at the same time.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from jax.experimental import topologies  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402

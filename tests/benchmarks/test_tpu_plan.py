@@ -1,0 +1,70 @@
+"""`bench memory --topology`: the real train step compiled by libtpu for a v5p slice, no chip.
+
+The decode layout (the rollout's bf16 weights gathered over fsdp once per step) leaves
+no weight all-gather inside the compiled decode loop; the training layout gathers every
+layer's weights at every decode step. Needs the `tpu` extra (CI installs it).
+"""
+
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+if importlib.util.find_spec("libtpu") is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI must install libtpu (pip install -e '.[tpu]') for the TPU plan")
+    pytest.skip("libtpu is not installed (pip install -e '.[tpu]')", allow_module_level=True)
+# Compiling for a topology uses no chip: other processes (a parallel test worker, a
+# `bench memory --topology` run) may hold libtpu at the same time.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from ssrl_jax.benchmarks import memory  # noqa: E402
+from ssrl_jax.cli_errors import UserError  # noqa: E402
+
+SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.py")
+# A small model whose dimensions differ from the activations' (8 rows per device, 1024
+# vocabulary), so weights and activations cannot be mistaken for each other by shape.
+OVERRIDES = ["mesh.fsdp=2", "mesh.tensor=2", "rollout.max_new_tokens=8",
+             "data.max_prompt_tokens=64", "model.dtype=bfloat16",
+             "model.random.hidden_size=96", "model.random.intermediate_size=224",
+             "model.random.num_heads=6", "model.random.head_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {layout: memory.run(SMOKE, OVERRIDES + [f"rollout.weight_layout={layout}"],
+                               topology="v5p:2x2x1")
+            for layout in ("decode", "train")}
+
+
+@pytest.mark.slow
+def test_the_decode_loop_gathers_no_weights_in_the_decode_layout(plans):
+    decode, train = plans["decode"], plans["train"]
+    assert (decode.backend, decode.topology, decode.param_dtype) == ("tpu", "v5p:2x2x1",
+                                                                     "float32")
+    assert decode.mesh == {"data": 1, "fsdp": 2, "tensor": 2}
+    assert decode.decode_loop_weight_all_gathers == 0
+    # The same step in the training layout gathers weights inside the loop: the count
+    # can fail.
+    assert train.decode_loop_weight_all_gathers >= 2
+    assert train.decode_loop_weight_gather_bytes > 0
+    # Activations are still gathered in both (the sampler reads whole rows of logits).
+    assert decode.decode_loop_all_gathers >= 1
+
+
+@pytest.mark.slow
+def test_the_decode_copy_costs_its_fsdp_share_and_fits(plans):
+    decode, train = plans["decode"], plans["train"]
+    # bf16 copies: split 4 ways (fsdp x tensor) in training, 2 ways (tensor) for decoding.
+    assert decode.rollout_weights > 1.5 * train.rollout_weights
+    assert decode.hbm_bytes_per_chip == 95 * memory.GIB
+    assert 0 < decode.peak < 0.05 * decode.hbm_bytes_per_chip
+    assert decode.peak >= decode.arguments + decode.temporaries
+    payload = decode.to_json()
+    assert '"backend": "tpu"' in payload and '"peak_bytes_per_chip"' in payload
+
+
+def test_an_unknown_topology_is_refused_by_name():
+    with pytest.raises(UserError, match="v5p:9x9x9"):
+        memory.topology_devices("v5p:9x9x9")
