@@ -14,6 +14,10 @@ Python 3.8+ and the gcloud CLI.
     python launch/tpu.py --name my-tpu --zone us-east5-a stop
     python launch/tpu.py --name my-tpu --zone us-east5-a delete
 
+With `--slices N` (multi-slice, data parallel over DCN) one queued resource holds N slices
+named NAME-0 ... NAME-(N-1); every command then addresses each of them, and `train` tells
+the trainer `--config.mesh_layout.num_slices=N`.
+
 Arguments after `--` go to the trainer (`train`) or to gcloud (`create`). The global
 options may come before or after the subcommand. See launch/README.md.
 """
@@ -82,11 +86,21 @@ def check_env_name(name: str, flag: str) -> str:
 
 
 class Target(NamedTuple):
-    """Which TPU the commands address. `project` None: gcloud's configured project."""
+    """Which TPU the commands address. `project` None: gcloud's configured project.
+    `slices` > 1: a multi-slice queued resource whose nodes are `nodes(target)`."""
 
     name: str
     zone: str
     project: Optional[str] = None
+    slices: int = 1
+
+
+def nodes(target: Target) -> List[str]:
+    """The TPU nodes (slices) of the queued resource: itself, or NAME-0 ... NAME-(N-1), the
+    names gcloud gives the nodes of `--node-count=N --node-prefix=NAME`."""
+    if target.slices == 1:
+        return [target.name]
+    return [f"{target.name}-{i}" for i in range(target.slices)]
 
 
 # ------------------------------------------------------------------- builders ----
@@ -111,14 +125,17 @@ def runtime_version_for(accelerator_type: str) -> str:
 
 def create_argv(target: Target, accelerator_type: str, runtime_version: str,
                 provisioning: Optional[str] = None, extra: Sequence[str] = ()) -> Argv:
-    """`queued-resources create` for one node named like the queued resource.
+    """`queued-resources create` for one node named like the queued resource (or, with
+    `target.slices` > 1, that many nodes named by `nodes`).
 
     `provisioning` is None (on demand), "spot", "reserved" or "best-effort"; gcloud
     has `--best-effort` only in its alpha track, so that one uses `gcloud alpha`.
     """
     track = ["alpha"] if provisioning == "best-effort" else []
+    node_flags = ([f"--node-id={target.name}"] if target.slices == 1 else
+                  [f"--node-count={target.slices}", f"--node-prefix={target.name}"])
     argv = ["gcloud", *track, "compute", "tpus", "queued-resources", "create", target.name,
-            f"--node-id={target.name}", *location_flags(target),
+            *node_flags, *location_flags(target),
             f"--accelerator-type={accelerator_type}", f"--runtime-version={runtime_version}"]
     if provisioning:
         argv.append(f"--{provisioning}")
@@ -137,16 +154,23 @@ def tar_argv(source: Path, dest: str) -> Argv:
             "."]
 
 
-def scp_argv(target: Target, local: str, remote: str, worker: str = "all") -> Argv:
-    """Copies a local file to `remote` (relative to home) on the workers."""
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local, f"{target.name}:{remote}",
-            f"--worker={worker}", *location_flags(target)]
+def scp_argv(target: Target, local: str, remote: str, worker: str = "all",
+             node: Optional[str] = None) -> Argv:
+    """Copies a local file to `remote` (relative to home) on the workers of a node."""
+    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local,
+            f"{node or target.name}:{remote}", f"--worker={worker}", *location_flags(target)]
 
 
-def ssh_argv(target: Target, command: str, worker: str = "all") -> Argv:
-    """Runs a shell command on the workers (all of them at once for `all`)."""
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", target.name, f"--worker={worker}",
-            *location_flags(target), "--command", command]
+def ssh_argv(target: Target, command: str, worker: str = "all",
+             node: Optional[str] = None) -> Argv:
+    """Runs a shell command on the workers of a node (all of them at once for `all`)."""
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node or target.name,
+            f"--worker={worker}", *location_flags(target), "--command", command]
+
+
+def run_on_every_node(target: Target, command: str, dry_run: bool) -> None:
+    for node in nodes(target):
+        run(ssh_argv(target, command, node=node), dry_run)
 
 
 def delete_argv(target: Target, plain_vm: bool = False) -> Argv:
@@ -330,10 +354,10 @@ def cmd_setup(args: argparse.Namespace, target: Target) -> None:
         raise UsageError("--ref needs --repo")
     if not args.repo:
         upload_source(target, Path(args.source), args.dry_run)
-    run(ssh_argv(target, install_script(args.repo, args.ref, args.python,
-                                        args.find_links or None)), args.dry_run)
+    run_on_every_node(target, install_script(args.repo, args.ref, args.python,
+                                             args.find_links or None), args.dry_run)
     if not args.no_verify:
-        run(ssh_argv(target, verify_script()), args.dry_run)
+        run_on_every_node(target, verify_script(), args.dry_run)
 
 
 def upload_source(target: Target, source: Path, dry_run: bool) -> None:
@@ -342,7 +366,8 @@ def upload_source(target: Target, source: Path, dry_run: bool) -> None:
     try:
         tarball = os.path.join(directory, REMOTE_TARBALL)
         run(tar_argv(source, tarball), dry_run)
-        run(scp_argv(target, tarball, REMOTE_TARBALL), dry_run)
+        for node in nodes(target):
+            run(scp_argv(target, tarball, REMOTE_TARBALL, node=node), dry_run)
     finally:
         if not dry_run:
             shutil.rmtree(directory, ignore_errors=True)
@@ -359,19 +384,29 @@ def cmd_train(args: argparse.Namespace, target: Target) -> None:
             raise UsageError(f"--env {item!r}: expected NAME=VALUE")
         check_env_name(name, f"--env {item!r}")
         env = [(n, v) for n, v in env if n != name] + [(name, shlex.quote(value))]
-    run(ssh_argv(target, train_script(args.config, args.workdir, args.passthrough, env)),
-        args.dry_run)
+    extra = list(args.passthrough)
+    if target.slices > 1 and not any(a.startswith("--config.mesh_layout.num_slices")
+                                     for a in extra):
+        extra.append(f"--config.mesh_layout.num_slices={target.slices}")
+    run_on_every_node(target, train_script(args.config, args.workdir, extra, env),
+                      args.dry_run)
 
 
 def cmd_logs(args: argparse.Namespace, target: Target) -> None:
-    run(ssh_argv(target, logs_script(args.lines), worker=args.worker), args.dry_run)
+    names = nodes(target)
+    if not 0 <= args.slice < len(names):
+        raise UsageError(f"--slice {args.slice}: the TPU has slices 0..{len(names) - 1}")
+    run(ssh_argv(target, logs_script(args.lines), worker=args.worker, node=names[args.slice]),
+        args.dry_run)
 
 
 def cmd_stop(args: argparse.Namespace, target: Target) -> None:
-    run(ssh_argv(target, stop_script(args.grace_seconds)), args.dry_run)
+    run_on_every_node(target, stop_script(args.grace_seconds), args.dry_run)
 
 
 def cmd_delete(args: argparse.Namespace, target: Target) -> None:
+    if args.vm and target.slices > 1:
+        raise UsageError("--vm: a plain TPU VM has one slice; drop --slices")
     run(delete_argv(target, plain_vm=args.vm), args.dry_run)
 
 
@@ -388,6 +423,9 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", default=argparse.SUPPRESS,
                         help="default: $PROJECT, else `gcloud config get-value project`; "
                              "in a dry run without either, commands omit --project")
+    parser.add_argument("--slices", type=int, default=argparse.SUPPRESS,
+                        help="slices of a multi-slice queued resource (nodes NAME-0 ...); "
+                             "default: $SLICES, else 1")
     parser.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                         help="print the commands, one per line, and run nothing")
 
@@ -448,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subcommand("logs", cmd_logs, "follow a worker's training log (Ctrl-C to stop)")
     p.add_argument("--worker", default="0", help="worker index or `all` (default 0)")
+    p.add_argument("--slice", type=int, default=0,
+                   help="which slice's worker, with --slices (default 0)")
     p.add_argument("--lines", type=int, default=100, help="lines of history (default 100)")
 
     p = subcommand("stop", cmd_stop, "stop the training processes on every worker")
@@ -487,13 +527,17 @@ def resolve_target(args: argparse.Namespace) -> Target:
         raise UsageError("missing --name (or set TPU_NAME)")
     if not zone:
         raise UsageError("missing --zone (or set ZONE), e.g. us-east5-a")
+    slices = getattr(args, "slices", None)
+    slices_text = str(slices) if slices is not None else os.environ.get("SLICES", "1")
+    if not slices_text.isdigit() or int(slices_text) < 1:
+        raise UsageError(f"--slices (or SLICES) must be a whole number >= 1, got {slices_text!r}")
     project = getattr(args, "project", None) or os.environ.get("PROJECT")
     if not project and not args.dry_run:
         project = gcloud_project()
         if not project:
             raise UsageError("missing --project (or set PROJECT, or run "
                              "`gcloud config set project ID`)")
-    return Target(name=name, zone=zone, project=project)
+    return Target(name=name, zone=zone, project=project, slices=int(slices_text))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

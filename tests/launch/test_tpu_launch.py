@@ -35,7 +35,7 @@ tpu = load_tpu()
 def clean_env(**extra):
     """The environment without our defaults (TPU_NAME, ZONE, ...), plus `extra`."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE")}
+           if k not in ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "SLICES")}
     env.update(extra)
     return env
 
@@ -193,6 +193,46 @@ def test_logs_stop_delete():
     assert delete[-2:] == ["--force", "--quiet"]
     (delete,) = dry_run(*LOCATION, "delete", "--vm")
     assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "my-tpu"]
+
+
+# -------------------------------------------------------------- multi-slice ----
+
+def test_two_slices_are_created_together_and_every_command_reaches_both():
+    create, _ = dry_run(*LOCATION, "--slices", "2", "create", "--accelerator-type", "v5p-128")
+    assert create[5:8] == ["my-tpu", "--node-count=2", "--node-prefix=my-tpu"]
+    assert not any(a.startswith("--node-id") for a in create)
+    tar, *per_node = dry_run(*LOCATION, "--slices", "2", "setup")
+    assert tar[0] == "tar"
+    scp_0, scp_1 = (c for c in per_node if c[4] == "scp")
+    assert (scp_0[6], scp_1[6]) == ("my-tpu-0:ssrl_jax-src.tar.gz", "my-tpu-1:ssrl_jax-src.tar.gz")
+    ssh_nodes = [c[5] for c in per_node if c[4] == "ssh"]
+    assert ssh_nodes == ["my-tpu-0", "my-tpu-1", "my-tpu-0", "my-tpu-1"]  # install, verify
+    trains = dry_run(*LOCATION, "train", "--workdir", "gs://b/r", "--slices", "2")
+    assert [t[5] for t in trains] == ["my-tpu-0", "my-tpu-1"]
+    for train in trains:
+        assert "--worker=all" in train
+        assert remote(train).count("--config.mesh_layout.num_slices=2") == 1
+    # A value the user gives is kept as it is.
+    (train, _) = dry_run(*LOCATION, "train", "--workdir", "gs://b/r", "--slices", "2", "--",
+                         "--config.mesh_layout.num_slices=2")
+    assert remote(train).count("num_slices") == 1
+    (logs,) = dry_run(*LOCATION, "--slices", "2", "logs", "--slice", "1")
+    assert logs[5] == "my-tpu-1" and "--worker=0" in logs
+    stops = dry_run(*LOCATION, "--slices", "2", "stop")
+    assert [s[5] for s in stops] == ["my-tpu-0", "my-tpu-1"]
+    (delete,) = dry_run(*LOCATION, "--slices", "2", "delete")
+    assert delete[5] == "my-tpu"  # the queued resource takes its slices with it
+    (train,) = dry_run(*LOCATION, "train", "--workdir", "gs://b/r", SLICES="1")
+    assert "num_slices" not in remote(train)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slices", "0", "stop"], "--slices"), (["--slices", "2", "logs", "--slice", "2"],
+                                              "slices 0..1"),
+    (["--slices", "2", "delete", "--vm"], "one slice")])
+def test_slice_errors(args, message):
+    result = launch(*LOCATION, "--dry-run", *args)
+    assert result.returncode == 2 and message in result.stderr
 
 
 # ---------------------------------------------------- options and defaults ----
