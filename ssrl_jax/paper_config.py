@@ -29,6 +29,9 @@ def paper_config(model_name: str, *, fsdp: int, tensor: int) -> ml_collections.C
     # fp32 actor and MaxText's weight_dtype=float32); stated here as well as in the defaults
     # because the memory plan depends on it.
     c.model.update(param_dtype="float32", dtype="bfloat16")
+    # JAX's splash attention kernel for the training forward and backward: no [T, T] scores
+    # per layer in memory (docs/performance.md, TPU plans).
+    c.model.attention = "splash"
     # One response per FSDP shard per micro-batch: the training forward holds one row's
     # attention scores per device at a time (docs/performance.md, memory plan).
     c.grpo.num_micro_batches = 80

@@ -14,7 +14,7 @@ import ml_collections
 
 from ssrl_jax.data.prompts import PROMPT_SOURCES
 from ssrl_jax.cli_errors import UserError
-from ssrl_jax.models.config import DTYPES, FAMILIES, REMAT_POLICIES
+from ssrl_jax.models.config import ATTENTION_IMPLS, DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.step import LR_SCHEDULES, WEIGHT_LAYOUTS
 from ssrl_jax.sharding import MESH_AXES
@@ -57,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    # einsum (exact on every backend) or splash (JAX's Pallas TPU kernel for the training
+    # forward and backward: no [T, T] scores in memory; interpreted, slowly, off TPU).
+    c.model.attention = "einsum"
     c.model.cache_dir = "/tmp/ssrl_jax_models"  # local copy of a gs:// model.path
     # A randomly initialised model when model.path is empty (CPU runs and tests).
     c.model.random = ml_collections.ConfigDict(dict(
@@ -233,6 +236,7 @@ _CHECKS: dict[str, Check] = {
     "model.param_dtype": _one_of(DTYPES),
     "model.dtype": _one_of(DTYPES),
     "model.remat": _one_of(REMAT_POLICIES),
+    "model.attention": _one_of(ATTENTION_IMPLS),
     "model.cache_dir": _string,
     "model.random.family": _one_of(FAMILIES),
     "data.train_files": lambda v: None if isinstance(v, str) and v.strip() else

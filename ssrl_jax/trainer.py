@@ -145,7 +145,8 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
     """(model config, a function that builds the initial model on `mesh`)."""
     m = config.model
     if checkpoint_meta is not None:
-        overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                         attention=m.attention)
         model_config = checkpoints.model_config_from_meta(checkpoint_meta, source=m.path,
                                                           **overrides)
         return model_config, lambda: checkpoints.load_model(m.path, mesh=mesh, rules=rules,
@@ -155,14 +156,14 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
 
         model_config = ModelConfig.from_hf_config(
             read_hf_config(model_dir), source=os.path.join(model_dir, "config.json"),
-            param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+            param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
         return model_config, functools.partial(
             load_pretrained, model_dir, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
-            rules=rules, remat=m.remat)
+            rules=rules, remat=m.remat, attention=m.attention)
     model_config = ModelConfig(
         **m.random.to_dict(), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
     return model_config, functools.partial(init_model, model_config, seed=config.seed,
                                            mesh=mesh, rules=rules)
 

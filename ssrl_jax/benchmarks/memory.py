@@ -73,7 +73,7 @@ def model_config_of(config):
     from ssrl_jax.models.hf import read_hf_config
 
     m = config.model
-    fields = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+    fields = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
     if m.path and os.path.isfile(os.path.join(m.path, "config.json")):
         return ModelConfig.from_hf_config(read_hf_config(m.path), **fields)
     if m.path:

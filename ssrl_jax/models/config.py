@@ -20,6 +20,9 @@ _ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
 }
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# Attention of whole sequences (training forward, scoring): einsum (exact, [T, T] scores in
+# memory) or splash (JAX's Pallas TPU kernel, blockwise; interpreted off TPU). models/splash.py.
+ATTENTION_IMPLS = ("einsum", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 _LLAMA3_ROPE_KEYS = (
     "factor",
@@ -74,6 +77,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: str = "none"
+    attention: str = "einsum"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -92,6 +96,8 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
 

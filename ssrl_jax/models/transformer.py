@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssrl_jax.models import layers
+from ssrl_jax.models import layers, splash
 from ssrl_jax.models.config import ModelConfig
 from ssrl_jax.sharding import ShardingRules, constrain
 
@@ -145,11 +145,13 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = (layers.positions_from_mask(attention_mask) if segment_ids is None
                          else layers.positions_from_segments(segment_ids))
-        t = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = causal[None] & attention_mask[:, None, :]
-        if segment_ids is not None:
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        if self.config.attention == "splash":
+            mask = splash.Segments(splash.segment_ids_of(attention_mask, segment_ids))
+        else:
+            t = input_ids.shape[1]
+            mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]
+            if segment_ids is not None:
+                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         x, _ = self._run_layers(self._embed(input_ids), positions, mask, cache=None)
         return self._final_norm(x)
 
@@ -261,7 +263,10 @@ def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cac
         new_cache = (k, v)
     k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
     v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
-    out = layers.attention(q, k.astype(dtype), v.astype(dtype), mask)
+    if isinstance(mask, splash.Segments):
+        out = splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids, rules)
+    else:
+        out = layers.attention(q, k.astype(dtype), v.astype(dtype), mask)
     x = x + jnp.einsum("bthk,hkd->btd", out, p["wo"])
     x = constrain(x, ("batch", None, None), rules)
 

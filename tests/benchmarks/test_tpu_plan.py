@@ -2,7 +2,8 @@
 
 The decode layout (the rollout's bf16 weights gathered over fsdp once per step) leaves
 no weight all-gather inside the compiled decode loop; the training layout gathers every
-layer's weights at every decode step. Needs the `tpu` extra (CI installs it).
+layer's weights at every decode step. Splash attention compiles to Mosaic kernels.
+Needs the `tpu` extra (CI installs it).
 """
 
 import importlib.util
@@ -31,11 +32,21 @@ OVERRIDES = ["mesh.fsdp=2", "mesh.tensor=2", "rollout.max_new_tokens=8",
              "model.random.num_heads=6", "model.random.head_dim=16"]
 
 
+# (weight layout, attention): the shipped TPU setting, and the one before issue 21.
+SETTINGS = {"decode": ("decode", "splash"), "train": ("train", "einsum")}
+
+
 @pytest.fixture(scope="module")
-def plans():
-    return {layout: memory.run(SMOKE, OVERRIDES + [f"rollout.weight_layout={layout}"],
-                               topology="v5p:2x2x1")
-            for layout in ("decode", "train")}
+def plans(tmp_path_factory):
+    out = {}
+    for name, (layout, attention) in SETTINGS.items():
+        hlo_path = tmp_path_factory.mktemp(name) / "step.hlo"
+        plan = memory.run(SMOKE, OVERRIDES + [f"rollout.weight_layout={layout}",
+                                              f"model.attention={attention}"],
+                          topology="v5p:2x2x1", hlo_out=str(hlo_path))
+        out[name] = plan
+        out[name + "_hlo"] = hlo_path.read_text()
+    return out
 
 
 @pytest.mark.slow
@@ -63,6 +74,13 @@ def test_the_decode_copy_costs_its_fsdp_share_and_fits(plans):
     assert decode.peak >= decode.arguments + decode.temporaries
     payload = decode.to_json()
     assert '"backend": "tpu"' in payload and '"peak_bytes_per_chip"' in payload
+
+
+@pytest.mark.slow
+def test_splash_attention_is_compiled_as_a_mosaic_kernel(plans):
+    # The Pallas kernel lowers to Mosaic custom calls (forward and backward), einsum to none.
+    assert plans["decode_hlo"].count('custom_call_target="tpu_custom_call"') >= 2
+    assert 'custom_call_target="tpu_custom_call"' not in plans["train_hlo"]
 
 
 def test_an_unknown_topology_is_refused_by_name():
