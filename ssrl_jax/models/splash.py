@@ -33,6 +33,8 @@ class Segments(NamedTuple):
     """What a layer attends with under splash attention, in place of a dense mask."""
 
     ids: jax.Array  # [B, T] int32 from `segment_ids_of`
+    # A prefill: the layer attends over the T new tokens, not the cache they are written to.
+    new_tokens_only: bool = False
 
 
 def segment_ids_of(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:

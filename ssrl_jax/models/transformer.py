@@ -155,6 +155,21 @@ class Transformer(nnx.Module):
         x, _ = self._run_layers(self._embed(input_ids), positions, mask, cache=None)
         return self._final_norm(x)
 
+    def prefill(self, input_ids: jax.Array, token_valid: jax.Array,
+                cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """`extend` into an empty cache (`cache.end` 0, nothing valid): the tokens attend
+        only to each other, so with splash attention they run through the kernel over
+        their own T slots instead of a [T, S] mask over the whole cache."""
+        if self.config.attention != "splash":
+            return self.extend(input_ids, token_valid, cache)
+        token_valid = token_valid.astype(bool)
+        positions = layers.positions_from_mask(token_valid)
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, cache.end))
+        mask = splash.Segments(splash.segment_ids_of(token_valid), new_tokens_only=True)
+        x, (k, v) = self._run_layers(self._embed(input_ids), positions, mask, cache=cache)
+        new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
+        return self._final_norm(x), new_cache
+
     def extend(self, input_ids: jax.Array, token_valid: jax.Array,
                cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Appends T tokens per row at cache slot `cache.end` and runs them.
@@ -248,6 +263,7 @@ def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cac
         k = layers.rms_norm(k, p["k_norm"], eps)
     q = constrain(layers.apply_rope(q, positions, inv_freq), ("batch", None, "act_heads", None), rules)
     k = layers.apply_rope(k, positions, inv_freq)
+    new_k, new_v = k, v
     new_cache = None
     if kv is not None and len(kv) == 3:
         k_all, v_all, index = kv
@@ -264,6 +280,8 @@ def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cac
     k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
     v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
     if isinstance(mask, splash.Segments):
+        if mask.new_tokens_only:  # a prefill: the cache held nothing before these tokens
+            k, v = new_k, new_v
         out = splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids, rules)
     else:
         out = layers.attention(q, k.astype(dtype), v.astype(dtype), mask)

@@ -50,7 +50,7 @@ def prefill(model: Transformer, ids: jax.Array, valid: jax.Array, keys: jax.Arra
     cache = KVCache.create(config, batch, cache_len)
     cache = jax.tree.map(lambda axes, x: constrain(x, axes, model.rules),
                          KVCache.logical_axes(), cache, is_leaf=lambda x: isinstance(x, tuple))
-    hidden, cache = model.extend(ids, valid, cache)
+    hidden, cache = model.prefill(ids, valid, cache)
     zeros = jnp.zeros((batch, cache_len), jnp.float32)
     rows = jnp.zeros((batch,), jnp.int32)
     state = DecodeState(
