@@ -21,16 +21,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ssrl_jax.rl.format_rules import (ALLOWED_TAGS, FORMAT_RULES, MAX_THINKS, PLACEHOLDERS,
-                                      TAG_NAMES, format_score)
+from ssrl_jax.protocol import ANSWER_CLOSE, ANSWER_OPEN
+from ssrl_jax.rl.format_rules import FORMAT_RULES, MAX_THINKS, format_score
 
 __all__ = [
-    "ALLOWED_TAGS",
     "FORMAT_RULES",
     "MAX_THINKS",
-    "PLACEHOLDERS",
     "RewardParts",
-    "TAG_NAMES",
     "exact_match",
     "extract_answer",
     "f1",
@@ -44,7 +41,7 @@ __all__ = [
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_RE = re.compile(f"{ANSWER_OPEN}(.*?){ANSWER_CLOSE}", re.DOTALL)
 
 Golds = str | Sequence[str]
 
