@@ -129,7 +129,7 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     if (hf_dir / GENERATION_CONFIG_FILE).is_file():
         generation_config = json.loads((hf_dir / GENERATION_CONFIG_FILE).read_text())
 
-    model = load_pretrained(str(hf_dir), dtype=args.dtype, mesh=_local_mesh())
+    model = load_pretrained(str(hf_dir), param_dtype=args.dtype, mesh=_local_mesh())
     tokenizer_dir = None
     if tokenizer_source is not None:
         tokenizer_dir = out / "tokenizer"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from ssrl_jax.data.prompts import PROMPT_SOURCES
+from ssrl_jax.data.qa import SAMPLE_DATA
 from ssrl_jax.cli_errors import UserError
 from ssrl_jax.models.config import ATTENTION_IMPLS, DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
@@ -32,7 +33,6 @@ ENTROPY_RULES = ("rise", "threshold")
 SEARCH_FAILURE_POLICIES = ("fail", "fallback")
 SEARCH_PROTOCOLS = ("free", "search_r1")
 QUICKSTART_TOKENIZER = "quickstart"
-SAMPLE_DATA = "sample"
 
 
 class ConfigFieldError(UserError, ValueError):

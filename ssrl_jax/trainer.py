@@ -158,7 +158,7 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
             read_hf_config(model_dir), source=os.path.join(model_dir, "config.json"),
             param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
         return model_config, functools.partial(
-            load_pretrained, model_dir, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
+            load_pretrained, model_dir, param_dtype=m.param_dtype, dtype=m.dtype, mesh=mesh,
             rules=rules, remat=m.remat, attention=m.attention)
     model_config = ModelConfig(
         **m.random.to_dict(), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

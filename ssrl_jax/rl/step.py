@@ -377,7 +377,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
     for; metrics are then returned replicated.
 
     batch: {"prompt_ids": int32 [P, L] left-padded, "prompt_valid": bool [P, L],
-    "golds": uint8 [P, G, B] (see `scoring.encode_golds`)}. `state` is donated.
+    "golds": uint8 [P, G, B] (see `data.golds.encode_golds`)}. `state` is donated.
     metrics: scalars, plus with `config.sample_rows = k > 0` a dict `samples` of one
     rollout from each of the first k prompts ({"tokens", "sources"}: [k, S],
     "reward": [k]), replicated so every host can read them.
