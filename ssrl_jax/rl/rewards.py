@@ -27,6 +27,7 @@ from ssrl_jax.rl.format_rules import FORMAT_RULES, MAX_THINKS, format_score
 __all__ = [
     "FORMAT_RULES",
     "MAX_THINKS",
+    "REWARDS",
     "RewardParts",
     "exact_match",
     "extract_answer",
@@ -39,6 +40,9 @@ __all__ = [
     "ttrl_rewards",
 ]
 
+# The rewards by name (config grpo.reward): ssrl_reward against the golds, ttrl_rewards
+# against the group's majority answer.
+REWARDS: tuple[str, ...] = ("ssrl", "ttrl")
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _ANSWER_RE = re.compile(f"{ANSWER_OPEN}(.*?){ANSWER_CLOSE}", re.DOTALL)
