@@ -20,8 +20,9 @@ from ssrl_jax.eval.scoring import CHAT_CHOICES
 from ssrl_jax.models.config import ATTENTION_IMPLS, DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
+from ssrl_jax.rl.optimizer import LR_SCHEDULES
 from ssrl_jax.rl.rewards import REWARDS
-from ssrl_jax.rl.step import LR_SCHEDULES, WEIGHT_LAYOUTS
+from ssrl_jax.rl.step import WEIGHT_LAYOUTS
 from ssrl_jax.search.client import FAILURE_POLICIES
 from ssrl_jax.search.rollout import ENTROPY_RULES, MODES, PROTOCOLS
 from ssrl_jax.sharding import MESH_AXES

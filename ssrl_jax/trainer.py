@@ -49,7 +49,8 @@ from ssrl_jax.data.pipeline import make_qa_iterator, num_batches
 from ssrl_jax.models import ModelConfig, Transformer, init_model, load_pretrained
 from ssrl_jax.models.remote import local_model_dir
 from ssrl_jax.rl.rewards import ssrl_reward
-from ssrl_jax.rl.step import StepConfig, init_train_state, make_optimizer, make_train_step
+from ssrl_jax.rl.optimizer import make_optimizer
+from ssrl_jax.rl.step import StepConfig, init_train_state, make_train_step
 from ssrl_jax.run_log import RunLog
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.sources import TokenSource
