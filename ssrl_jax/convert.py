@@ -25,7 +25,6 @@ import sys
 
 from ssrl_jax.cli_errors import ArgumentParser, UserError, cli_main
 
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -53,6 +52,8 @@ def _human(num_bytes: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ssrl_jax.models.config import DTYPES
+
     parser = ArgumentParser(prog="python -m ssrl_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     to_orbax.add_argument("--hf", required=True, help="directory with config.json + safetensors")
     to_orbax.add_argument("--out", required=True,
                           help="new workdir: writes OUT/checkpoints/0 and OUT/tokenizer")
-    to_orbax.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+    to_orbax.add_argument("--dtype", default="float32", choices=DTYPES,
                           help="parameter dtype of the checkpoint (default float32)")
 
     to_hf = commands.add_parser("orbax-to-hf", help="checkpoint -> Hugging Face directory")
     to_hf.add_argument("--checkpoint", required=True,
                        help="WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP")
     to_hf.add_argument("--out", required=True, help="Hugging Face directory to write")
-    to_hf.add_argument("--dtype", default="bfloat16", choices=DTYPE_CHOICES,
+    to_hf.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                        help="dtype of the exported weights (default bfloat16)")
     to_hf.add_argument("--max-shard-size", type=parse_size, default="5GB",
                        help="largest safetensors shard, e.g. 5GB (default), 500MB")
@@ -129,7 +130,7 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     if (hf_dir / GENERATION_CONFIG_FILE).is_file():
         generation_config = json.loads((hf_dir / GENERATION_CONFIG_FILE).read_text())
 
-    model = load_pretrained(str(hf_dir), dtype=args.dtype, mesh=_local_mesh())
+    model = load_pretrained(str(hf_dir), param_dtype=args.dtype, mesh=_local_mesh())
     tokenizer_dir = None
     if tokenizer_source is not None:
         tokenizer_dir = out / "tokenizer"

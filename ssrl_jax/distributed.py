@@ -27,6 +27,7 @@ from ssrl_jax.cli_errors import UserError
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
+DISTRIBUTED_MODES = ("auto", "on", "off")  # config.distributed, see `initialize`
 
 
 class DistributedSetupError(UserError, ValueError):

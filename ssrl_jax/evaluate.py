@@ -41,8 +41,6 @@ from ssrl_jax.eval.scoring import EvalSettings
 
 BUNDLED = "bundled"
 TOYWORLD = "toyworld"
-_DTYPES = ("float32", "bfloat16", "float16")
-_MESH_AXES = ("data", "fsdp", "tensor")
 _SETTINGS_FIELDS = tuple(f for f in EvalSettings.__dataclass_fields__)
 
 
@@ -79,6 +77,9 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | Non
     ``benchmarks`` holds registry entries and QA file paths; ``data_dir`` is None when only
     files are named and no data_dir is set.
     """
+    from ssrl_jax.models.config import DTYPES
+    from ssrl_jax.sharding import MESH_AXES
+
     _need(isinstance(config.model, str) and bool(config.model), "model", config.model,
           "a Hugging Face directory or a training checkpoint (workdir, checkpoints/ or step)")
     _need(os.path.exists(config.model), "model", config.model, "an existing path")
@@ -86,7 +87,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | Non
           "a tokenizer directory or '' (from the model)")
     _need(not config.tokenizer or os.path.isdir(config.tokenizer), "tokenizer",
           config.tokenizer, "an existing directory or ''")
-    _need(config.dtype in _DTYPES, "dtype", config.dtype, f"one of {_DTYPES}")
+    _need(config.dtype in DTYPES, "dtype", config.dtype, f"one of {DTYPES}")
     try:
         benchmarks = parse_eval_specs(config.benchmarks)
     except (ValueError, AttributeError, TypeError) as e:
@@ -107,7 +108,7 @@ def check_config(config) -> tuple[EvalSettings, list[Benchmark | str], str | Non
     _need(isinstance(config.output_dir, str) and bool(config.output_dir), "output_dir",
           config.output_dir, "a directory path")
     mesh = dict(config.mesh)
-    _need(set(mesh) <= set(_MESH_AXES), "mesh", mesh, f"a dict over the axes {_MESH_AXES}")
+    _need(set(mesh) <= set(MESH_AXES), "mesh", mesh, f"a dict over the axes {MESH_AXES}")
     _need(all(isinstance(v, int) and (v >= 1 or v == -1) for v in mesh.values()), "mesh", mesh,
           "axis sizes >= 1 or -1 (the remaining devices)")
     try:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-    model = load_pretrained(args.model, dtype=args.dtype)
+    model = load_pretrained(args.model, param_dtype=args.dtype)
     sampler = Sampler(model, tokenizer=tokenizer,
                       eos_ids=text.eos_ids(args.model, model.config, tokenizer))
     prompt = text.prompt_ids(tokenizer, args.prompt, chat=args.chat)

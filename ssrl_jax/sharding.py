@@ -2,7 +2,9 @@
 
 Every parameter and activation names its axes logically (`"embed"`, `"q_heads"`,
 `"batch"`, ...). `ShardingRules` maps each logical name to zero or more mesh axes
-(`data`, `fsdp`, `tensor`), so changing a run's parallelism is a config edit.
+(`data`, `fsdp`, `tensor`), so changing a run's parallelism is a config edit. Every name
+must be listed (`()` to replicate it); an unknown name is an error, not a silent
+replication. `None` in a logical-axes tuple means replicated.
 A mesh axis that does not divide a dimension is dropped for that array (the
 dimension is replicated instead), so e.g. 2 KV heads still work with tensor=4.
 """
@@ -35,12 +37,16 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("act_kv_heads", ("tensor",)),
     ("act_mlp", ("tensor",)),
     ("act_vocab", ("tensor",)),
+    # Replicated: the scanned layer axis, head_dim and norm scales stay whole.
+    ("layers", ()),
+    ("head_dim", ()),
+    ("norm", ()),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
-    """Maps logical axis names to mesh axis names; unnamed axes are replicated."""
+    """Maps logical axis names to mesh axis names; `None` axes are replicated."""
 
     rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
 
@@ -65,7 +71,8 @@ class ShardingRules:
         for name, axes in self.rules:
             if name == logical:
                 return axes
-        return ()
+        raise ValueError(f"sharding rules: unknown logical axis {logical!r}; known: "
+                         f"{tuple(name for name, _ in self.rules)} (map it to () to replicate it)")
 
     def spec(self, logical_axes: LogicalAxes, shape: Sequence[int] | None = None,
              mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None) -> PartitionSpec:

@@ -12,27 +12,23 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from ssrl_jax.data.prompts import PROMPT_SOURCES
 from ssrl_jax.cli_errors import UserError
+from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
+from ssrl_jax.data.qa import SAMPLE_DATA
+from ssrl_jax.distributed import DISTRIBUTED_MODES
+from ssrl_jax.eval.scoring import CHAT_CHOICES
 from ssrl_jax.models.config import ATTENTION_IMPLS, DTYPES, FAMILIES, REMAT_POLICIES
 from ssrl_jax.rl.format_rules import FORMAT_RULES
-from ssrl_jax.rl.step import LR_SCHEDULES, WEIGHT_LAYOUTS
+from ssrl_jax.rl.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
+from ssrl_jax.rl.optimizer import LR_SCHEDULES
+from ssrl_jax.rl.rewards import REWARDS
+from ssrl_jax.rl.step import WEIGHT_LAYOUTS
+from ssrl_jax.search.client import FAILURE_POLICIES
+from ssrl_jax.search.rollout import ENTROPY_RULES, MODES, PROTOCOLS
 from ssrl_jax.sharding import MESH_AXES
 from ssrl_jax.token_ids import parse_token_ids
 
-PROMPT_MODES = ("self_search", "search_r1")
-CHAT_CHOICES = ("auto", "true", "false")
-DISTRIBUTED_CHOICES = ("auto", "on", "off")
-KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl")
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-ADVANTAGE_ESTIMATORS = ("grpo", "grpo_no_std", "rloo")
-ROLLOUT_MODES = ("self", "real", "first_k_real", "entropy_guided")
-REWARDS = ("ssrl", "ttrl")
-ENTROPY_RULES = ("rise", "threshold")
-SEARCH_FAILURE_POLICIES = ("fail", "fallback")
-SEARCH_PROTOCOLS = ("free", "search_r1")
 QUICKSTART_TOKENIZER = "quickstart"
-SAMPLE_DATA = "sample"
 
 
 class ConfigFieldError(UserError, ValueError):
@@ -230,7 +226,7 @@ _CHECKS: dict[str, Check] = {
     "batch_size": _int(1),
     "num_epochs": _int(1),
     "total_steps": _int(0),
-    "distributed": _one_of(DISTRIBUTED_CHOICES),
+    "distributed": _one_of(DISTRIBUTED_MODES),
     "model.path": _string,
     "model.tokenizer": _string,
     "model.param_dtype": _one_of(DTYPES),
@@ -254,7 +250,7 @@ _CHECKS: dict[str, Check] = {
     "rollout.temperature": _number(0.0, open_low=True),
     "rollout.top_p": _number(0.0, 1.0, open_low=True),
     "rollout.top_k": _int(0),
-    "rollout.mode": _one_of(ROLLOUT_MODES),
+    "rollout.mode": _one_of(MODES),
     "rollout.weight_layout": _one_of(WEIGHT_LAYOUTS),
     "rollout.suppressed_token_ids": _token_ids,
     "grpo.reward": _one_of(REWARDS),
@@ -284,11 +280,11 @@ _CHECKS: dict[str, Check] = {
     "search.entropy_threshold": lambda v: None if isinstance(v, (int, float)) and not
     isinstance(v, bool) and math.isfinite(v) else "a finite number",
     "search.max_info_tokens": _int(1),
-    "search.protocol": _one_of(SEARCH_PROTOCOLS),
+    "search.protocol": _one_of(PROTOCOLS),
     "search.turn_tokens": _int(0),
     "search.timeout_s": _number(0.0, open_low=True),
     "search.max_retries": _int(0),
-    "search.on_failure": _one_of(SEARCH_FAILURE_POLICIES),
+    "search.on_failure": _one_of(FAILURE_POLICIES),
     "search.batch_size": _int(1),
     "search.max_concurrency": _int(1),
     "search.max_consecutive_failures": _int(0),

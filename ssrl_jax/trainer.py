@@ -49,7 +49,8 @@ from ssrl_jax.data.pipeline import make_qa_iterator, num_batches
 from ssrl_jax.models import ModelConfig, Transformer, init_model, load_pretrained
 from ssrl_jax.models.remote import local_model_dir
 from ssrl_jax.rl.rewards import ssrl_reward
-from ssrl_jax.rl.step import StepConfig, init_train_state, make_optimizer, make_train_step
+from ssrl_jax.rl.optimizer import make_optimizer
+from ssrl_jax.rl.step import StepConfig, init_train_state, make_train_step
 from ssrl_jax.run_log import RunLog
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.sources import TokenSource
@@ -158,7 +159,7 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
             read_hf_config(model_dir), source=os.path.join(model_dir, "config.json"),
             param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
         return model_config, functools.partial(
-            load_pretrained, model_dir, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
+            load_pretrained, model_dir, param_dtype=m.param_dtype, dtype=m.dtype, mesh=mesh,
             rules=rules, remat=m.remat, attention=m.attention)
     model_config = ModelConfig(
         **m.random.to_dict(), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -224,8 +224,8 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
     from ssrl_jax import train_config as tc
     from ssrl_jax.models.init import abstract_model, state_shardings
     from ssrl_jax.rl.rewards import ssrl_reward
-    from ssrl_jax.rl.step import (TrainState, compute_copy, make_optimizer, make_train_step,
-                                  optimizer_state_shardings)
+    from ssrl_jax.rl.optimizer import make_optimizer, optimizer_state_shardings
+    from ssrl_jax.rl.step import TrainState, compute_copy, make_train_step
     from ssrl_jax.sampler.buckets import bucket_length
     from ssrl_jax.sharding import ShardingRules, make_mesh
     from ssrl_jax.trainer import step_config

@@ -121,7 +121,7 @@ def run(batch: int = 8, new_tokens: int = 128, repeats: int = 3, seed: int = 0,
 
     with tempfile.TemporaryDirectory() as directory:
         hf_model.to(torch_dtype).save_pretrained(directory)
-        model = load_pretrained(directory, dtype=dtype)
+        model = load_pretrained(directory, param_dtype=dtype)
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     torch_device = "cuda" if on_gpu else "cpu"
     hf_model = hf_model.to(torch_device)

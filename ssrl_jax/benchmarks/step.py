@@ -130,14 +130,14 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
     from flax import nnx
     from transformers import AutoTokenizer
 
+    from ssrl_jax.data.golds import encode_golds
     from ssrl_jax.data.prompts import prompt_token_ids
     from ssrl_jax.data.qa import read_jsonl, sample_data_path
     from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
     from ssrl_jax.models import ModelConfig, init_model
     from ssrl_jax.rl.rewards import ssrl_reward
-    from ssrl_jax.rl.scoring import encode_golds
-    from ssrl_jax.rl.step import (StepConfig, init_train_state, make_optimizer,
-                                  make_step_parts, make_train_step)
+    from ssrl_jax.rl.optimizer import make_optimizer
+    from ssrl_jax.rl.step import StepConfig, init_train_state, make_step_parts, make_train_step
     from ssrl_jax.sampler.buckets import bucket_length, left_pad
     from ssrl_jax.sampler.token_text import token_bytes
 

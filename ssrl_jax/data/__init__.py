@@ -6,6 +6,8 @@
   checkpointable iterator state).
 - ``prompts``: the self-search and Search-R1 instructions, chat and plain forms.
 - ``tiny_tokenizer``: an in-process byte-level BPE for the CPU quick start and tests.
+- ``golds``: gold answers as the fixed-size byte arrays a train batch carries.
+- ``train_batches``: training rows to the per-host shards of a step's batch arrays.
 
 Names are re-exported lazily, so ``import ssrl_jax.data.prompts`` does not import grain (the
 GPU evaluation image has none).

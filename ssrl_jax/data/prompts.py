@@ -1,7 +1,7 @@
 """Instruction prompts for self-search (SSRL) and real-search (Search-R1) rollouts (SPEC §2).
 
 Our own wording. Both instructions show every tag the model may write with the placeholder text
-that ``ssrl_jax.rl.rewards.PLACEHOLDERS`` names (``your thoughts``, ``your query``, ...), so a
+that ``ssrl_jax.protocol.PLACEHOLDERS`` names (``your thoughts``, ``your query``, ...), so a
 trajectory that copies a placeholder gets no format credit. The question always ends the
 instruction as ``Question: <question>`` on its own line, the form that
 ``ssrl_jax.data.qa.extract_question`` recovers.
@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from ssrl_jax.rl.rewards import PLACEHOLDERS
+from ssrl_jax.protocol import (INFORMATION_CLOSE, INFORMATION_OPEN, PLACEHOLDERS, SEARCH_CLOSE,
+                               tagged)
 
 __all__ = [
     "BASE_CUE",
@@ -49,10 +50,8 @@ PROMPT_SOURCES: tuple[str, ...] = ("dataset", "rebuild")
 # A row's prompt as stored on ``QARow.prompt``: ((role, content), ...).
 ChatPrompt = Sequence[tuple[str, str]]
 
-_THINK = f"<think> {PLACEHOLDERS['think']} </think>"
-_SEARCH = f"<search> {PLACEHOLDERS['search']} </search>"
-_INFORMATION = f"<information> {PLACEHOLDERS['information']} </information>"
-_ANSWER = f"<answer> {PLACEHOLDERS['answer']} </answer>"
+_THINK, _SEARCH, _INFORMATION, _ANSWER = (tagged(name, PLACEHOLDERS[name])
+                                          for name in ("think", "search", "information", "answer"))
 
 _OPENING = (
     "Answer the question at the end. Work in steps and write every step inside one of the "
@@ -75,8 +74,8 @@ _INSTRUCTIONS: dict[str, str] = {
     "search_r1": _OPENING + (
         "- When a fact is missing or uncertain, ask the search engine: write a query on a "
         f"single line as {_SEARCH}\n"
-        "- Stop right after </search>. The search engine replies with documents between "
-        "<information> and </information>; never write that block yourself.\n"
+        f"- Stop right after {SEARCH_CLOSE}. The search engine replies with documents between "
+        f"{INFORMATION_OPEN} and {INFORMATION_CLOSE}; never write that block yourself.\n"
     ) + _CLOSING,
 }
 

@@ -373,6 +373,9 @@ def write_jsonl(rows: Iterable[QARow], path: str | epath.PathLike) -> None:
             f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
 
 
+SAMPLE_DATA = "sample"  # the name that stands for the bundled file in data.train_files
+
+
 def sample_data_path() -> pathlib.Path:
     """The bundled sample file: about 200 QA rows written for this project (FlashRAG jsonl).
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ssrl_jax.cli_errors import ArgumentParser, cli_main
+from ssrl_jax.protocol import tagged
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -130,12 +131,10 @@ def quickstart_corpus() -> list[str]:
     )
     for row in rows:
         gold = row.golden_answers[0]
-        texts.append(
-            f"Question: {row.question}\n"
-            f"<think> I need to recall a fact. </think>\n<search> {row.question} </search>\n"
-            f"<information> {row.question} {gold}. </information>\n"
-            f"<think> The answer is {gold}. </think>\n<answer> {gold} </answer>"
-        )
+        texts.append(f"Question: {row.question}\n" + "\n".join([
+            tagged("think", "I need to recall a fact."), tagged("search", row.question),
+            tagged("information", f"{row.question} {gold}."),
+            tagged("think", f"The answer is {gold}."), tagged("answer", gold)]))
     return texts
 
 

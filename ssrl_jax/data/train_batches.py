@@ -19,13 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from ssrl_jax.data.golds import encode_golds
 from ssrl_jax.data.pipeline import QABatch, mix_datasets
 from ssrl_jax.data.prompts import prompt_source_summary, row_prompt_ids, uses_dataset_prompt
-from ssrl_jax.data.qa import DataError, QARow, read_qa, sample_data_path
-from ssrl_jax.rl.scoring import encode_golds
+from ssrl_jax.data.qa import SAMPLE_DATA, DataError, QARow, read_qa, sample_data_path
 from ssrl_jax.sampler.buckets import bucket_length, left_pad
 from ssrl_jax.sharding import ShardingRules
-from ssrl_jax.train_config import SAMPLE_DATA
 
 log = logging.getLogger(__name__)
 

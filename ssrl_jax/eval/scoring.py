@@ -22,6 +22,7 @@ import numpy as np
 from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.metrics import maj_at_k, mean_pass_at_k, powers_of_two_up_to
+from ssrl_jax.protocol import ANSWER_CLOSE
 from ssrl_jax.rl.rewards import majority_answer, ssrl_reward
 from ssrl_jax.token_ids import parse_token_ids
 
@@ -39,7 +40,6 @@ __all__ = [
 
 FINISH_REASONS = ("eos", "stop_string", "length")
 CHAT_CHOICES = ("auto", "true", "false")
-ANSWER_STOP = "</answer>"
 # Per-trajectory scores that are averaged into the benchmark metrics.
 SCORE_KEYS = ("em", "f1", "sub_em", "format_score", "num_tokens")
 
@@ -113,7 +113,7 @@ class EvalSettings:
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
-        return (ANSWER_STOP,) if self.stop_at_answer else ()
+        return (ANSWER_CLOSE,) if self.stop_at_answer else ()
 
     @property
     def ks(self) -> list[int]:

@@ -64,7 +64,7 @@ def load_for_eval(model_path: str, *, tokenizer_path: str = "", dtype: str = "bf
     if is_hf_dir(model_path):
         from ssrl_jax.models import load_pretrained
 
-        model = load_pretrained(model_path, dtype=dtype, mesh=mesh)
+        model = load_pretrained(model_path, param_dtype=dtype, dtype=dtype, mesh=mesh)
         tokenizer_dir = tokenizer_path or model_path
         generation_dir = model_path
     else:

@@ -266,22 +266,23 @@ def default_param_dtype(mesh: jax.sharding.Mesh | None) -> str:
     return "float32" if platform == "cpu" else "bfloat16"
 
 
-def load_pretrained(path: str, *, dtype: DTypeLike | None = None,
-                    compute_dtype: DTypeLike | None = None,
+def load_pretrained(path: str, *, param_dtype: DTypeLike | None = None,
+                    dtype: DTypeLike | None = None,
                     mesh: jax.sharding.Mesh | None = None, rules: ShardingRules = ShardingRules(),
                     **config_overrides) -> Transformer:
     """Loads a local Hugging Face directory (config.json + safetensors) into a sharded model.
 
-    `dtype` is the parameter dtype, a name ("bfloat16") or a jnp dtype
-    (jnp.bfloat16); None is float32 on CPU and bfloat16 on GPU / TPU
-    (`default_param_dtype`). `compute_dtype` defaults to it. Every tensor's
-    name, shape and dtype (floating point; integer or quantised weights are
-    refused) is checked against the config before any is loaded; a tensor holding
-    NaN or infinity (after the cast to `dtype`) is refused by name.
+    `param_dtype` is the parameter dtype and `dtype` the compute dtype, as in
+    `ModelConfig`: each a name ("bfloat16") or a jnp dtype (jnp.bfloat16). `param_dtype`
+    None is float32 on CPU and bfloat16 on GPU / TPU (`default_param_dtype`); `dtype`
+    defaults to `param_dtype`. Every tensor's name, shape and dtype (floating point;
+    integer or quantised weights are refused) is checked against the config before any
+    is loaded; a tensor holding NaN or infinity (after the cast to `param_dtype`) is
+    refused by name.
     """
-    dtype = dtype_name(dtype, "dtype") if dtype is not None else default_param_dtype(mesh)
-    compute_dtype = dtype_name(compute_dtype, "compute_dtype") if compute_dtype is not None \
-        else dtype
+    param_dtype = (dtype_name(param_dtype, "param_dtype") if param_dtype is not None
+                   else default_param_dtype(mesh))
+    dtype = dtype_name(dtype, "dtype") if dtype is not None else param_dtype
     hf_config = read_hf_config(path)
     if hf_config.get("quantization_config"):
         method = hf_config["quantization_config"].get("quant_method", "?")
@@ -290,7 +291,7 @@ def load_pretrained(path: str, *, dtype: DTypeLike | None = None,
                               "float32 weights load, dequantise it first")
     config = ModelConfig.from_hf_config(
         hf_config, source=os.path.join(path, CONFIG_FILE),
-        param_dtype=dtype, dtype=compute_dtype, **config_overrides)
+        param_dtype=param_dtype, dtype=dtype, **config_overrides)
     reader = SafetensorsReader(path)
     check_tensors(reader, tensor_specs(config), tied=config.tie_word_embeddings)
     mesh = mesh or single_device_mesh()

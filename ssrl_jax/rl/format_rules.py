@@ -15,21 +15,12 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ALLOWED_TAGS", "FORMAT_RULES", "MAX_THINKS", "PLACEHOLDERS", "TAG_NAMES",
-           "format_score"]
+from ssrl_jax.protocol import (ALLOWED_TAGS, ANSWER_CLOSE, INFORMATION_OPEN, PLACEHOLDERS,
+                               SEARCH_OPEN, TAG_NAMES, THINK_OPEN)
+
+__all__ = ["FORMAT_RULES", "MAX_THINKS", "format_score"]
 
 FORMAT_RULES: tuple[str, ...] = ("ssrl", "strict")
-TAG_NAMES: tuple[str, ...] = ("think", "search", "information", "answer")
-ALLOWED_TAGS: frozenset[str] = frozenset(
-    [f"<{name}>" for name in TAG_NAMES] + [f"</{name}>" for name in TAG_NAMES]
-)
-# Placeholder text shown in the instruction prompt; a body containing it gets no format credit.
-PLACEHOLDERS: dict[str, str] = {
-    "think": "your thoughts",
-    "search": "your query",
-    "information": "your information",
-    "answer": "your answer",
-}
 MAX_THINKS = 8
 
 # SSRL's notion of a tag: '<', one or more characters other than '>' (newlines and '<'
@@ -60,7 +51,7 @@ def _ssrl_format_score(text: str) -> float:
     names = _ANY_BRACKETED_RE.findall(text)
     if not all(f"<{name}>" in ALLOWED_TAGS for name in names):
         return 0.0
-    if not (text.startswith("<think>") and text.endswith("</answer>")) or len(names) < 4:
+    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)) or len(names) < 4:
         return 0.0
     for name, pattern in _BODY_RES.items():
         for body in pattern.findall(text):
@@ -74,10 +65,10 @@ def _ssrl_format_score(text: str) -> float:
     for i, name in enumerate(middle):
         if name == "search" and middle[i + 1 : i + 4] != _SEARCH_PAIR:
             return 0.0
-    searches = text.count("<search>")
-    if searches != text.count("<information>"):
+    searches = text.count(SEARCH_OPEN)
+    if searches != text.count(INFORMATION_OPEN):
         return 0.0
-    return _shape_price(text.count("<think>"), searches)
+    return _shape_price(text.count(THINK_OPEN), searches)
 
 
 def _strict_blocks(text: str) -> list[tuple[str, str]] | None:
@@ -103,7 +94,7 @@ def _strict_body_ok(name: str, body: str) -> bool:
 
 def _strict_format_score(text: str) -> float:
     """The grammar reading of the rules on the stripped text; see ``format_score``."""
-    if not (text.startswith("<think>") and text.endswith("</answer>")):
+    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
         return 0.0
     blocks = _strict_blocks(text)
     if blocks is None or len(blocks) < 2:

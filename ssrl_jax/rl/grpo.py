@@ -6,7 +6,7 @@ T response tokens; `mask` [N, T] is 1.0 on tokens that are trained on.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,9 @@ import jax.numpy as jnp
 AdvantageEstimator = Literal["grpo", "grpo_no_std", "rloo"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
+ADVANTAGE_ESTIMATORS: tuple[str, ...] = get_args(AdvantageEstimator)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
 KL_CLAMP = 10.0
 # |log π/π_ref| is clamped here before the exp of k3 / low_var_kl (as verl does).
 KL_LOG_RATIO_CLAMP = 20.0
@@ -42,7 +45,8 @@ def group_advantages(rewards: jax.Array, group_size: int, estimator: AdvantageEs
     elif estimator == "rloo":
         advantages = (grouped - mean) * group_size / (group_size - 1)
     else:
-        raise ValueError(f"advantage estimator {estimator!r} is not one of grpo, grpo_no_std, rloo")
+        raise ValueError(f"advantage estimator {estimator!r} is not one of "
+                         f"{', '.join(ADVANTAGE_ESTIMATORS)}")
     return advantages.reshape(-1)
 
 
@@ -89,7 +93,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: KLEstimator = "l
         log_ratio = jnp.clip(log_ratio, -KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
         kl = jnp.exp(-log_ratio) + log_ratio - 1.0
         return jnp.clip(kl, -KL_CLAMP, KL_CLAMP)
-    raise ValueError(f"KL estimator {estimator!r} is not one of k1, k2, k3, low_var_kl")
+    raise ValueError(f"KL estimator {estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
 
 
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation = "token-mean",
@@ -117,8 +121,7 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation = "token-
         return per_seq.sum() / total_sequences
     if mode == "seq-mean-token-sum":
         return masked.sum(axis=1).sum() / total_sequences
-    raise ValueError(f"loss aggregation {mode!r} is not one of token-mean, "
-                     "seq-mean-token-mean, seq-mean-token-sum")
+    raise ValueError(f"loss aggregation {mode!r} is not one of {', '.join(AGGREGATIONS)}")
 
 
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,

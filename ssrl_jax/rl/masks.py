@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ssrl_jax.protocol import INFORMATION_CLOSE, INFORMATION_OPEN
 from ssrl_jax.sampler.sources import TokenSource
 
-INFO_OPEN = b"<information>"
-INFO_CLOSE = b"</information>"
+_OPEN, _CLOSE = INFORMATION_OPEN.encode(), INFORMATION_CLOSE.encode()
 
 
 def information_spans(text: bytes) -> list[tuple[int, int]]:
@@ -29,12 +29,12 @@ def information_spans(text: bytes) -> list[tuple[int, int]]:
     """
     spans = []
     position = 0
-    while (start := text.find(INFO_OPEN, position)) >= 0:
-        close = text.find(INFO_CLOSE, start + len(INFO_OPEN))
+    while (start := text.find(_OPEN, position)) >= 0:
+        close = text.find(_CLOSE, start + len(_OPEN))
         if close < 0:
             spans.append((start, len(text)))
             break
-        position = close + len(INFO_CLOSE)
+        position = close + len(_CLOSE)
         spans.append((start, position))
     return spans
 

@@ -21,16 +21,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ssrl_jax.rl.format_rules import (ALLOWED_TAGS, FORMAT_RULES, MAX_THINKS, PLACEHOLDERS,
-                                      TAG_NAMES, format_score)
+from ssrl_jax.protocol import ANSWER_CLOSE, ANSWER_OPEN
+from ssrl_jax.rl.format_rules import FORMAT_RULES, MAX_THINKS, format_score
 
 __all__ = [
-    "ALLOWED_TAGS",
     "FORMAT_RULES",
     "MAX_THINKS",
-    "PLACEHOLDERS",
+    "REWARDS",
     "RewardParts",
-    "TAG_NAMES",
     "exact_match",
     "extract_answer",
     "f1",
@@ -42,9 +40,12 @@ __all__ = [
     "ttrl_rewards",
 ]
 
+# The rewards by name (config grpo.reward): ssrl_reward against the golds, ttrl_rewards
+# against the group's majority answer.
+REWARDS: tuple[str, ...] = ("ssrl", "ttrl")
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_RE = re.compile(f"{ANSWER_OPEN}(.*?){ANSWER_CLOSE}", re.DOTALL)
 
 Golds = str | Sequence[str]
 

@@ -41,6 +41,8 @@ __all__ = [
     "build_bm25_index",
     "build_dense_index",
     "bm25_tokenize",
+    "keep_jax_on_cpu",
+    "load_dense_deps",
     "main",
     "read_manifest",
 ]
@@ -51,6 +53,23 @@ DENSE_FILE = "dense.faiss"
 FORMAT = 1
 _INDEX_ENTRIES = (MANIFEST, BM25_DIR, DENSE_FILE, DOCUMENTS_FILE, OFFSETS_FILE)
 BM25_DEFAULTS = {"k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "lower": True, "stemmer": None}
+DENSE_INSTALL = "pip install faiss-cpu sentence-transformers"
+
+
+def keep_jax_on_cpu() -> None:
+    """For the server and index processes only: bm25s imports JAX when it is installed and runs
+    an op at import time, which would otherwise claim the host's TPU/GPU from the trainer."""
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def load_dense_deps() -> tuple[Any, Any]:
+    """``(faiss, sentence_transformers)``, or an ``ImportError`` saying what to install."""
+    try:
+        import faiss
+        import sentence_transformers
+    except ImportError as e:
+        raise ImportError(f"the dense retriever needs faiss and sentence-transformers ({e}); `{DENSE_INSTALL}`") from e
+    return faiss, sentence_transformers
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -150,8 +169,6 @@ def build_dense_index(
     """Builds a dense index: ``model`` (a local sentence-transformers directory) embeds every
     ``doc_prefix + contents``; the L2-normalised embeddings go into a faiss ``IndexFlatIP``.
     Needs ``pip install faiss-cpu sentence-transformers``."""
-    from ssrl_jax.search.retriever import load_dense_deps
-
     faiss, sentence_transformers = load_dense_deps()
     corpus, out, model = pathlib.Path(corpus).resolve(), pathlib.Path(out), pathlib.Path(model).resolve()
     docs = read_corpus(corpus)
@@ -214,8 +231,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    from ssrl_jax.search.retriever import keep_jax_on_cpu
-
     keep_jax_on_cpu()
     start = time.perf_counter()
     try:

@@ -17,19 +17,16 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ssrl_jax.search.corpus import DocStore, split_title
-from ssrl_jax.search.index import BM25_DIR, DENSE_FILE, bm25_tokenize, read_manifest
+from ssrl_jax.search.index import (BM25_DIR, DENSE_FILE, bm25_tokenize, load_dense_deps,
+                                   read_manifest)
 
 __all__ = [
     "BM25Retriever",
     "DenseRetriever",
     "Hit",
     "Retriever",
-    "keep_jax_on_cpu",
-    "load_dense_deps",
     "load_retriever",
 ]
-
-DENSE_INSTALL = "pip install faiss-cpu sentence-transformers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +63,6 @@ class Retriever(Protocol):
     def search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
         """``[len(queries)][<= topk]`` hits, best first; safe to call from several threads."""
         ...
-
-
-def keep_jax_on_cpu() -> None:
-    """For the server and index processes only: bm25s imports JAX when it is installed and runs
-    an op at import time, which would otherwise claim the host's TPU/GPU from the trainer."""
-    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,16 +114,6 @@ class BM25Retriever:
             idx, scores = _top_k(self._scores(tokens), topk)
             out.append([Hit(**self._docs[int(i)], score=float(s)) for i, s in zip(idx, scores)])
         return out
-
-
-def load_dense_deps() -> tuple[Any, Any]:
-    """``(faiss, sentence_transformers)``, or an ``ImportError`` saying what to install."""
-    try:
-        import faiss
-        import sentence_transformers
-    except ImportError as e:
-        raise ImportError(f"the dense retriever needs faiss and sentence-transformers ({e}); `{DENSE_INSTALL}`") from e
-    return faiss, sentence_transformers
 
 
 class DenseRetriever:

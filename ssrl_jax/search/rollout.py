@@ -58,20 +58,19 @@ from typing import Any
 import jax
 import numpy as np
 
+from ssrl_jax.protocol import (INFO_PREFIX, INFO_SUFFIX, INVALID_ACTION_OBSERVATION, SEARCH_CLOSE,
+                               SEARCH_OPEN)
 from ssrl_jax.sampler.buckets import bucket_length
 from ssrl_jax.sampler.sources import FinishReason, TokenSource
 from ssrl_jax.sampler.state import DecodeState
-from ssrl_jax.search.turns import CUT_ROOM, INVALID_ACTION_OBSERVATION, kept_bytes, retokenize
+from ssrl_jax.search.turns import CUT_ROOM, kept_bytes, retokenize
 
-__all__ = ["ENTROPY_RULES", "INFO_PREFIX", "INFO_SUFFIX", "MODES", "PROTOCOLS", "QueryRecord",
-           "SEARCH_STOP", "SearchPolicy", "SearchRollout", "injection_rounds", "last_query",
-           "query_entropy", "search_rollout", "wants_real"]
+__all__ = ["ENTROPY_RULES", "MODES", "PROTOCOLS", "QueryRecord", "SearchPolicy", "SearchRollout",
+           "injection_rounds", "last_query", "query_entropy", "search_rollout", "wants_real"]
 
 MODES = ("self", "real", "first_k_real", "entropy_guided")
 ENTROPY_RULES = ("rise", "threshold")
 PROTOCOLS = ("free", "search_r1")
-SEARCH_OPEN, SEARCH_STOP = b"<search>", "</search>"
-INFO_PREFIX, INFO_SUFFIX = "\n\n<information>", "</information>\n\n"
 
 Encode = Callable[[str], list[int]]
 
@@ -143,11 +142,11 @@ def wants_real(policy: SearchPolicy, *, search_index: int, real_count: int, entr
 
 def last_query(text: bytes) -> tuple[int, int] | None:
     """Byte span [start, end) of the body of the last ``<search>…</search>`` in `text`."""
-    close = text.rfind(SEARCH_STOP.encode())
+    close = text.rfind(SEARCH_CLOSE.encode())
     if close < 0:
         return None
-    start = text.rfind(SEARCH_OPEN, 0, close)
-    return None if start < 0 else (start + len(SEARCH_OPEN), close)
+    start = text.rfind(SEARCH_OPEN.encode(), 0, close)
+    return None if start < 0 else (start + len(SEARCH_OPEN.encode()), close)
 
 
 def query_entropy(lengths: np.ndarray, sources: np.ndarray, entropies: np.ndarray,
@@ -230,7 +229,7 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
     if policy.mode != "self" and client is None:
         raise ValueError(f"mode={policy.mode!r} needs a SearchClient")
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))
-    extra_stops = tuple(s for s in stop_strings if s != SEARCH_STOP)
+    extra_stops = tuple(s for s in stop_strings if s != SEARCH_CLOSE)
     prefix, suffix = encode(INFO_PREFIX), encode(INFO_SUFFIX)
     if cache_len is None:
         cache_len = rollout_cache_len(sampler, prompts, policy=policy,
@@ -244,7 +243,7 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
     queries: list[list[QueryRecord]] = [[] for _ in range(n)]
 
     searching = policy.real_limit > 0
-    stops = ((SEARCH_STOP,) + extra_stops) if searching else extra_stops
+    stops = ((SEARCH_CLOSE,) + extra_stops) if searching else extra_stops
     state = sampler.generate(prompts, max_new_tokens=max_new_tokens, cache_len=cache_len,
                              sampling=sampling, seed=seed, keys=keys, stop_strings=stops)
     steps, turns, rounds = int(state.num_steps), 1, 0
@@ -290,14 +289,14 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
                 real[b] += 1
                 injected[b] = prefix + encode(result.text)[:policy.max_info_tokens] + suffix
                 replace[b] = cut_at_tag(tokens[b], sources[b], token_bytes, encode,
-                                        (SEARCH_STOP,))
+                                        (SEARCH_CLOSE,))
         for b in stopped:
             queries[b].append(QueryRecord(records[b][0], records[b][1], outcome[b]))
         resume = np.zeros(n, bool)
         resume[stopped] = True
         live = ~jax.device_get(state.done) | resume
         searching = bool(np.any(live & (real < policy.real_limit)))
-        stops = ((SEARCH_STOP,) + extra_stops) if searching else extra_stops
+        stops = ((SEARCH_CLOSE,) + extra_stops) if searching else extra_stops
         state = sampler.resume(state, injected, max_new_tokens=max_new_tokens - steps,
                                resume_rows=resume, sampling=sampling, stop_strings=stops,
                                replace_last=replace)
@@ -315,7 +314,7 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
 def written_searches(state: Any, token_bytes: Sequence[bytes]) -> np.ndarray:
     """int [B]: the `</search>` tags each row's policy tokens wrote, real or not."""
     tokens, sources = jax.device_get((state.tokens, state.sources))
-    close = SEARCH_STOP.encode()
+    close = SEARCH_CLOSE.encode()
     return np.array([b"".join(token_bytes[t] for t in row[src == TokenSource.POLICY]).count(close)
                      for row, src in zip(tokens, sources)])
 

@@ -11,7 +11,7 @@ first complete ``<search>``/``<answer>`` pair decides (`turns.first_action`):
   ``"\\n\\n<information>" + docs + "</information>\\n\\n"``, a search that is not real (or
   failed under ``on_failure="fallback"``) resumes the row with nothing injected;
 - neither (also a turn ended by EOS or by `turn_tokens`): the row gets
-  `turns.INVALID_ACTION_OBSERVATION` (injected; an EOS that ended the turn is taken out
+  `protocol.INVALID_ACTION_OBSERVATION` (injected; an EOS that ended the turn is taken out
   first, as Search-R1's decoding drops special tokens) and goes on.
 
 A row whose `max_turns` action turns are used writes one last turn, cut the same way, and is
@@ -26,14 +26,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from ssrl_jax.protocol import (ANSWER_CLOSE, INFO_PREFIX, INFO_SUFFIX, INVALID_ACTION_OBSERVATION,
+                               SEARCH_CLOSE)
 from ssrl_jax.sampler.sources import FinishReason
-from ssrl_jax.search.rollout import (INFO_PREFIX, INFO_SUFFIX, SEARCH_STOP, Encode,
-                                     QueryRecord, SearchPolicy, SearchRollout, _response,
+from ssrl_jax.search.rollout import (Encode, QueryRecord, SearchPolicy, SearchRollout, _response,
                                      cut_at_tag, query_entropy, rollout_cache_len, wants_real,
                                      written_searches)
-from ssrl_jax.search.turns import ANSWER_STOP, INVALID_ACTION_OBSERVATION, first_action
+from ssrl_jax.search.turns import first_action
 
-TURN_TAGS = (SEARCH_STOP, ANSWER_STOP)
+TURN_TAGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 
 
 def search_r1_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: SearchPolicy,

@@ -240,7 +240,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    from ssrl_jax.search.retriever import keep_jax_on_cpu, load_retriever
+    from ssrl_jax.search.index import keep_jax_on_cpu
+    from ssrl_jax.search.retriever import load_retriever
 
     keep_jax_on_cpu()
     import uvicorn

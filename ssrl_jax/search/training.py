@@ -37,12 +37,10 @@ from ssrl_jax.rl.step import StepConfig, TrainState, compute_copy, make_step_par
 from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.sampler import Sampler
 from ssrl_jax.sampler.sources import TokenSource
+from ssrl_jax.search.client import COUNTERS
 from ssrl_jax.search.memory import MemoryPlan, available_memory, check_plan
 from ssrl_jax.search.rollout import SearchPolicy, rollout_cache_len, search_rollout
 from ssrl_jax.sharding import ShardingRules
-
-REWARDS = ("ssrl", "ttrl")
-CLIENT_COUNTERS = ("queries", "cache_hits", "requests", "retries", "failures")
 
 
 class _Trajectories(NamedTuple):
@@ -99,8 +97,8 @@ class HostStep:
     state_sharding: Any = None
 
     def __post_init__(self):
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward={self.reward!r}: must be one of {REWARDS}")
+        if self.reward not in rewards.REWARDS:
+            raise ValueError(f"reward={self.reward!r}: must be one of {rewards.REWARDS}")
         parts = make_step_parts(self.graphdef, self.config, token_bytes=self.token_bytes,
                                 reward_fn=rewards.ssrl_reward, optimizer=self.optimizer,
                                 rules=self.rules)
@@ -213,7 +211,7 @@ class HostStep:
         metrics.update(search_metrics)
         if self.client is not None:
             counts = self.client.reset_counters()
-            metrics.update({f"search_{k}": float(counts[k]) for k in CLIENT_COUNTERS})
+            metrics.update({f"search_{k}": float(counts[k]) for k in COUNTERS})
         if cfg.sample_rows:
             k = cfg.sample_rows
             metrics["samples"] = {"tokens": tokens[::n][:k], "sources": sources[::n][:k],

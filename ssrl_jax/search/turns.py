@@ -6,7 +6,7 @@ Facts from Search-R1 (`search_r1/llm_agent/generation.py`):
   whatever the model wrote after the tag is dropped and the kept text re-tokenised;
 - the turn's action is the first ``<search>…</search>`` or ``<answer>…</answer>`` pair in it
   (dot-all, body stripped); a turn with neither is an invalid action and is answered with
-  `INVALID_ACTION_OBSERVATION`.
+  `protocol.INVALID_ACTION_OBSERVATION`.
 
 Our sampler stops a row on the token that completes the tag, and a BPE token can carry bytes
 past it (``>\\n\\n``). `kept_bytes` says how much of that last token to keep and
@@ -18,11 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-ANSWER_STOP = "</answer>"
-INVALID_ACTION_OBSERVATION = (
-    "\nMy previous action is invalid. If I want to search, I should put the query between "
-    "<search> and </search>. If I want to give the final answer, I should put the answer "
-    "between <answer> and </answer>. Let me try again.\n")
 # A cut token is replaced by at most this many tokens (else it is kept whole).
 CUT_ROOM = 8
 

@@ -5,18 +5,19 @@
 
 The same text is what a model pretrains on (``documents(world, known_only=True)`` drops the
 held-out people) and what a self-search trajectory writes inside ``<information>``, in the form
-the retriever client shows documents (``Doc 1(Title: T) text``, ``format_information``).
+the retriever client shows documents (``Doc 1(Title: T) text``,
+``ssrl_jax.search.client.format_documents``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from ssrl_jax.toyworld.world import City, Country, Organisation, Person, World
 
-__all__ = ["document", "document_text", "documents", "format_information", "write_corpus"]
+__all__ = ["document", "document_text", "documents", "write_corpus"]
 
 
 def _article(word: str) -> str:
@@ -65,18 +66,6 @@ def documents(world: World, *, known_only: bool = False) -> list[dict[str, str]]
                 continue
             docs.append(document(world, entity, i))
     return docs
-
-
-def format_information(docs: Sequence[dict[str, str]]) -> str:
-    """What a search shows inside ``<information>``: ``Doc i(Title: T) text`` lines.
-
-    The same layout as ``ssrl_jax.search.client.format_documents``.
-    """
-    lines = []
-    for i, doc in enumerate(docs, start=1):
-        title, _, text = doc["contents"].partition("\n")
-        lines.append(f"Doc {i}(Title: {title}) {text}")
-    return "\n".join(lines)
 
 
 def write_corpus(docs: Iterable[dict[str, str]], path: str | os.PathLike) -> int:

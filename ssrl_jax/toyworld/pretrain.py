@@ -55,13 +55,14 @@ from typing import Any
 import numpy as np
 
 from ssrl_jax.cli_errors import ArgumentParser, cli_main
-from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
-from ssrl_jax.toyworld.corpus import documents, format_information, write_corpus
+from ssrl_jax.protocol import INFO_PREFIX, INFO_SUFFIX, SEARCH_OPEN
+from ssrl_jax.search.client import format_documents
+from ssrl_jax.toyworld.corpus import documents, write_corpus
 from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
 from ssrl_jax.toyworld.world import (Question, World, make_questions, make_world, practice_world,
                                      split_questions)
 
-_INFO_TITLE = re.compile(r"Doc 1\(Title: (.*?)\) ")  # format_information's first line
+_INFO_TITLE = re.compile(r"Doc 1\(Title: (.*?)\) ")  # format_documents' first line
 MODE = "self_search"
 CHAT = True  # configs/toyworld.py sets data.chat = "true" to match
 DATA_SOURCE = "toyworld"
@@ -144,7 +145,7 @@ def write_world_files(out: pathlib.Path, world: World, splits: dict[str, list[Qu
 
 def tokenizer_texts(worlds: Sequence[World], sft: list[dict], tokenizer_prompt) -> list[str]:
     docs = [d for world in worlds for d in documents(world)]
-    texts = [d["contents"] for d in docs] + [format_information([d]) for d in docs]
+    texts = [d["contents"] for d in docs] + [format_documents([d]) for d in docs]
     texts += [tokenizer_prompt(ex["question"]) + ex["response"] for ex in sft]
     return texts
 
@@ -192,7 +193,7 @@ def training_examples(worlds: Sequence[World], sft: list[dict], tokenizer,
 
     examples = []
     for doc in (d for world in worlds for d in documents(world, known_only=True)):
-        for text in (doc["contents"], format_information([doc])):
+        for text in (doc["contents"], format_documents([doc])):
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             examples.extend([(ids, [1] * len(ids))] * doc_repeats)
     eos = tokenizer.eos_token_id
@@ -322,7 +323,7 @@ def greedy_em(model, tokenizer, questions: Sequence[Question], world: World,
                             batch_size=64, chat="true" if CHAT else "false")
     records, metrics = evaluate_rows(sampler, tokenizer, rows, settings)
     em = np.asarray([r["greedy"]["em"] for r in records])
-    searched = np.asarray(["<search>" in r["greedy"]["response"] for r in records])
+    searched = np.asarray([SEARCH_OPEN in r["greedy"]["response"] for r in records])
     known = np.asarray([all(world.is_known(e) for e in q.entities) for q in questions])
     hops = np.asarray([q.hops for q in questions])
 

@@ -9,7 +9,7 @@ Two styles:
 
 - **search**: one ``<search>`` per hop; each ``<information>`` is the document the search
   would return, written ``Doc 1(Title: T) text`` as the retriever client shows it and laid
-  out exactly as a real search appends it (``search.rollout.INFO_PREFIX`` / ``INFO_SUFFIX``),
+  out exactly as a real search appends it (``protocol.INFO_PREFIX`` / ``INFO_SUFFIX``),
   then a ``<think>`` that states the fact read from it; the last think is followed by the
   answer.
 - **direct**: ``<think> I know this one. </think>`` then the answer, no search.
@@ -29,8 +29,9 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
-from ssrl_jax.toyworld.corpus import _article, document, format_information
+from ssrl_jax.protocol import INFO_PREFIX, INFO_SUFFIX, tagged
+from ssrl_jax.search.client import format_documents
+from ssrl_jax.toyworld.corpus import _article, document
 from ssrl_jax.toyworld.world import OCCUPATIONS, Question, World
 
 __all__ = ["DIRECT_THINK", "believed_world", "direct_trajectory", "search_trajectory",
@@ -63,7 +64,7 @@ def _doc(world: World, name: str) -> str:
     for group in groups:
         for i, e in enumerate(group, start=1):
             if e.name == name:
-                return format_information([document(world, e, i)])
+                return format_documents([document(world, e, i)])
     raise KeyError(name)
 
 
@@ -140,20 +141,20 @@ def _plan(world: World, q: Question) -> tuple[str, list[tuple[str, str, str]], s
 def search_trajectory(world: World, q: Question) -> str:
     """The self-search trajectory for ``q`` written from ``world``'s facts."""
     need, hops, answer = _plan(world, q)
-    text = f"<think> I need to find {need}. </think>\n"
+    text = tagged("think", f"I need to find {need}.") + "\n"
     for entity, suffix, fact in hops:
         # The observation exactly as a real search appends it (INFO_PREFIX … INFO_SUFFIX), so
         # that what the model writes itself can be swapped for a retriever's (Sim2Real).
-        text += f"<search> {entity} {suffix} </search>"
+        text += tagged("search", f"{entity} {suffix}")
         text += f"{INFO_PREFIX}{_doc(world, entity)}{INFO_SUFFIX}"
-        text += f"<think> {fact} </think>\n"
-    return text + f"<answer> {answer} </answer>"
+        text += tagged("think", fact) + "\n"
+    return text + tagged("answer", answer)
 
 
 def direct_trajectory(world: World, q: Question) -> str:
     """An answer without searching: ``<think> I know this one. </think>`` + the answer."""
     _, _, answer = _plan(world, q)
-    return f"<think> {DIRECT_THINK} </think>\n<answer> {answer} </answer>"
+    return tagged("think", DIRECT_THINK) + "\n" + tagged("answer", answer)
 
 
 def trajectory(world: World, q: Question, style: str) -> str:

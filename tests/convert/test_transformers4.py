@@ -100,7 +100,7 @@ def test_qwen_and_llama_exports_load_in_transformers_4(tmp_path):
         assert theirs["tokens"] == ours_tokens
         if specials:
             assert ours_tokens[0][0] == ours_tokenizer.convert_tokens_to_ids(specials[0])
-        model = load_pretrained(str(directory), dtype=jnp.float32)
+        model = load_pretrained(str(directory), param_dtype=jnp.float32)
         for ids, logits in zip(ours_tokens, theirs["logits"]):
             ours = np.asarray(model(jnp.asarray([ids]))[0])
             np.testing.assert_allclose(ours, np.asarray(logits), atol=1e-4, rtol=1e-4)

@@ -21,7 +21,8 @@ from ssrl_jax.data.tiny_tokenizer import (
     quickstart_corpus,
     train_tiny_tokenizer,
 )
-from ssrl_jax.rl.rewards import PLACEHOLDERS, format_score
+from ssrl_jax.protocol import PLACEHOLDERS
+from ssrl_jax.rl.rewards import format_score
 
 QUESTION = "Which river flows through the city where the Colosseum stands?"
 

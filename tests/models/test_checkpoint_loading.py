@@ -34,7 +34,8 @@ def test_sharded_checkpoint_loads_onto_a_mesh(sharded_dir, eight_devices):
     path, (ids, mask, expected) = sharded_dir
     shards = [f for f in os.listdir(path) if f.endswith(".safetensors")]
     assert len(shards) > 3 and os.path.exists(path / "model.safetensors.index.json")
-    model = load_pretrained(str(path), dtype="float32", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    model = load_pretrained(str(path), param_dtype="float32",
+                            mesh=make_mesh({"fsdp": 4, "tensor": 2}))
     got = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
     assert len(model.layers.wq[...].sharding.device_set) == 8
@@ -42,22 +43,22 @@ def test_sharded_checkpoint_loads_onto_a_mesh(sharded_dir, eight_devices):
 
 def test_bfloat16_load(sharded_dir):
     path, _ = sharded_dir
-    model = load_pretrained(str(path), dtype="bfloat16")
+    model = load_pretrained(str(path), param_dtype="bfloat16")
     assert model.layers.wq[...].dtype == jnp.bfloat16
     assert model.config.dtype == "bfloat16"
 
 
 def test_dtype_takes_jnp_dtypes_and_defaults_to_float32_on_cpu(sharded_dir):
     path, (ids, mask, expected) = sharded_dir
-    model = load_pretrained(str(path), dtype=jnp.float32, compute_dtype=jnp.bfloat16)
+    model = load_pretrained(str(path), param_dtype=jnp.float32, dtype=jnp.bfloat16)
     assert model.layers.wq[...].dtype == jnp.float32 and model.config.dtype == "bfloat16"
     default = load_pretrained(str(path))  # CPU: float32, transformers' fp32 logits exactly
     assert default.layers.wq[...].dtype == jnp.float32 and default.config.dtype == "float32"
     got = np.asarray(default(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
     for bad in (jnp.int8, "float64", "fp32"):
-        with pytest.raises(ConfigError, match=r"dtype=.* is not one of \('float32'"):
-            load_pretrained(str(path), dtype=bad)
+        with pytest.raises(ConfigError, match=r"param_dtype=.* is not one of \('float32'"):
+            load_pretrained(str(path), param_dtype=bad)
 
 
 def test_truncated_or_invalid_json_files_are_named(sharded_dir, tmp_path):
@@ -131,15 +132,15 @@ def test_tampered_checkpoint_names_the_tensor(sharded_dir, tmp_path, edit, messa
     path, _ = sharded_dir
     _tamper(path, tmp_path / "bad", edit)
     with pytest.raises(CheckpointError, match=message):
-        load_pretrained(str(tmp_path / "bad"), dtype="float32")
+        load_pretrained(str(tmp_path / "bad"), param_dtype="float32")
 
 
 def test_a_tensor_overflowing_the_load_dtype_is_named(sharded_dir, tmp_path):
     path, _ = sharded_dir
     _tamper(path, tmp_path / "bad", _too_large_for_float16)
-    load_pretrained(str(tmp_path / "bad"), dtype="float32")
+    load_pretrained(str(tmp_path / "bad"), param_dtype="float32")
     with pytest.raises(CheckpointError, match=r"\(in float16\): model.layers.1.self_attn.k_proj"):
-        load_pretrained(str(tmp_path / "bad"), dtype="float16")
+        load_pretrained(str(tmp_path / "bad"), param_dtype="float16")
 
 
 def test_quantised_model_config_is_refused(sharded_dir, tmp_path):
@@ -149,7 +150,7 @@ def test_quantised_model_config_is_refused(sharded_dir, tmp_path):
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
     (tmp_path / "q" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="config.json: a quantised model .*bitsandbytes"):
-        load_pretrained(str(tmp_path / "q"), dtype="float32")
+        load_pretrained(str(tmp_path / "q"), param_dtype="float32")
 
 
 def test_missing_files_are_named(tmp_path):

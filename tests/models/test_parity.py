@@ -16,7 +16,7 @@ def pair(request, tmp_path_factory):
     hf_model = build_hf_model(request.param)
     path = tmp_path_factory.mktemp(request.param)
     hf_model.save_pretrained(path)
-    return request.param, hf_model, load_pretrained(str(path), dtype="float32")
+    return request.param, hf_model, load_pretrained(str(path), param_dtype="float32")
 
 
 def test_logits_match_transformers_with_left_and_right_padding(pair):

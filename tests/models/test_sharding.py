@@ -1,5 +1,7 @@
 """Sharded models give the unsharded numbers; parameters live in their shards."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import jax
@@ -61,3 +63,29 @@ def test_mesh_rest_axis_and_errors(eight_devices):
         make_mesh({"model": 8})
     with pytest.raises(ValueError, match="unknown mesh axes"):
         ShardingRules.from_mapping({"embed": "model"})
+
+
+def test_rules_reject_an_unknown_logical_axis():
+    rules = ShardingRules()
+    with pytest.raises(ValueError, match="unknown logical axis 'embd'"):
+        rules.spec(("batch", "embd"))
+    with pytest.raises(ValueError, match="unknown logical axis 'embed'"):
+        ShardingRules.from_mapping({"batch": "data"}).mesh_axes("embed")
+    assert rules.spec(("layers", "head_dim", "norm", None)) == P(None, None, None, None)
+
+
+def test_every_logical_axis_the_model_and_sampler_use_has_a_rule():
+    from flax import nnx
+
+    from ssrl_jax.models.init import abstract_model, logical_axes_of
+    from ssrl_jax.sampler.state import DecodeState
+
+    config = dataclasses.replace(CONFIG, attention_bias=True)
+    params = nnx.to_flat_state(nnx.state(abstract_model(config), nnx.Param))
+    names = {axis for _, v in params for axis in logical_axes_of(v)}
+    names |= set(jax.tree.leaves(DecodeState.logical_axes()))
+    names.discard(None)
+    assert {"layers", "embed", "head_dim", "norm", "vocab", "batch"} <= names
+    rules = ShardingRules()
+    for name in names:
+        rules.mesh_axes(name)

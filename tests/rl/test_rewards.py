@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ssrl_jax.protocol import PLACEHOLDERS
 from ssrl_jax.rl.rewards import (
     FORMAT_RULES,
-    PLACEHOLDERS,
     RewardParts,
     exact_match,
     extract_answer,

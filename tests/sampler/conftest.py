@@ -71,4 +71,4 @@ def hf_model(model_dir):
 def model(model_dir):
     from ssrl_jax.models import load_pretrained
 
-    return load_pretrained(str(model_dir), dtype="float32")
+    return load_pretrained(str(model_dir), param_dtype="float32")

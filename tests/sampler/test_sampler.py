@@ -112,7 +112,7 @@ def test_greedy_matches_transformers_for_each_family(name, tmp_path):
     eos = [2, 7]  # two EOS ids, as Llama 3 instruct has; transformers pads after either
     hf_model = build_hf_model(name, eos_token_id=eos, initializer_range=INIT_RANGE)
     hf_model.save_pretrained(tmp_path)
-    model = load_pretrained(str(tmp_path), dtype="float32")
+    model = load_pretrained(str(tmp_path), param_dtype="float32")
     prompts = random_prompts(128, lengths=(5, 12, 2, 9, 1), seed=1)
     assert model.config.eos_token_ids == tuple(eos)
     # One family decodes through the model's own layer scan instead of the per-layer loop.

@@ -23,7 +23,7 @@ def run_two_turns(sampler):
 
 
 def test_sharded_greedy_equals_unsharded(model, model_dir, mesh):
-    sharded_model = load_pretrained(str(model_dir), dtype="float32", mesh=mesh)
+    sharded_model = load_pretrained(str(model_dir), param_dtype="float32", mesh=mesh)
     sharded = Sampler(sharded_model, eos_ids=())
     assert sharded.mesh is mesh
     first, second, state = run_two_turns(sharded)

@@ -38,7 +38,7 @@ def searching_tokenizer():
 
 def write_searching_model(directory):
     from ssrl_jax.data.prompts import prompt_token_ids
-    from ssrl_jax.search.rollout import INFO_SUFFIX
+    from ssrl_jax.protocol import INFO_SUFFIX
     from tests.helpers import save_bigram_model
 
     tok = searching_tokenizer()

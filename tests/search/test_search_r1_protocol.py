@@ -7,10 +7,10 @@ import pytest
 
 from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.sampler import GREEDY, TokenSource
+from ssrl_jax.protocol import INVALID_ACTION_OBSERVATION
 from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.rollout import SearchPolicy, search_rollout
-from ssrl_jax.search.turns import (INVALID_ACTION_OBSERVATION, first_action, kept_bytes,
-                                   retokenize)
+from ssrl_jax.search.turns import first_action, kept_bytes, retokenize
 from tests.search.search_model import searching_sampler
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?"]

@@ -4,9 +4,9 @@ search appends it, so a model trained on it can have its searches answered by a 
 import pytest
 from transformers import AutoTokenizer
 
+from ssrl_jax.protocol import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.search.client import format_documents
 from ssrl_jax.search.retriever import Hit
-from ssrl_jax.search.rollout import INFO_PREFIX, INFO_SUFFIX
 from ssrl_jax.toyworld import model_dir
 from ssrl_jax.toyworld.corpus import documents
 from ssrl_jax.toyworld.pretrain import response_tokens, text_encoder
