@@ -80,7 +80,8 @@ class SamplerBenchResult:
             f"({self.transformers_s * 1e3:.0f} ms per call)",
             f"  ratio ours / transformers: {self.ratio:.2f}x",
             f"  identical greedy tokens: {self.same_tokens} ({100 * self.same_token_fraction:.1f}% "
-            "of positions; bf16 rounding differs between the libraries)",
+            "of positions" + ("; bf16 rounding differs between the libraries)"
+                              if self.dtype == "bfloat16" else ")"),
             f"  weight-streaming floor: one pass over all {self.num_params * self.itemsize / 1e6:.0f}"
             f" MB of {self.dtype} weights (batch {self.batch} matmul) takes "
             f"{self.floor_step_s * 1e3:.2f} ms; "
