@@ -1,6 +1,7 @@
 """Benchmarks that print figures.
 
     python -m ssrl_jax.bench sampler [--batch 8 --new-tokens 128 --repeats 3 --size 20m --dtype float32]
+        [--kv-windows 4]
     python -m ssrl_jax.bench step [--model tiny,20m --prompts 8 --group-size 4 --new-tokens 64]
     python -m ssrl_jax.bench memory --config configs/llama8b.py [--set mesh.fsdp=8 ...] [--devices N]
         [--topology v5p:4x4x4] [--json]
@@ -12,13 +13,14 @@ import argparse
 import sys
 
 from ssrl_jax.cli_errors import ArgumentParser, cli_main
+from ssrl_jax.sampler.kv_windows import DEFAULT_KV_WINDOWS
 
 
 def _sampler(args: argparse.Namespace) -> None:
     from ssrl_jax.benchmarks import sampler
 
     result = sampler.run(batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats,
-                         size=args.size, dtype=args.dtype)
+                         size=args.size, dtype=args.dtype, kv_windows=args.kv_windows)
     print(result.report())
 
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--size", default="20m", choices=("20m", "1b"),
                          help="model shapes: 20m (CPU), 1b (Llama-3.2-1B shapes, accelerators)")
     sampler.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    sampler.add_argument("--kv-windows", type=int, default=DEFAULT_KV_WINDOWS,
+                         help="decode steps read the filled KV slots in up to this many windows "
+                         "(1: the whole cache at every step)")
     sampler.set_defaults(run=_sampler)
     step = commands.add_parser("step", help="train step: compile time, sampling/scoring/update "
                                "split, tokens/s")

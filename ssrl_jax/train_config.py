@@ -91,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
     # tensor only), so the decode loop gathers no weights; train: it keeps the training
     # layout (less memory, a weight all-gather per layer per decode step). docs/performance.md.
     c.rollout.weight_layout = "decode"
+    # Decode steps attend over the filled part of the KV cache, in up to this many windows
+    # (each one more compiled loop body); 1: every step reads all slots. docs/performance.md.
+    c.rollout.kv_windows = 4
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.reward = "ssrl"        # ssrl: EM vs golds + format; ttrl: agreement with group majority
@@ -110,6 +113,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.num_micro_batches = 1
     c.grpo.ppo_epochs = 1
     c.grpo.logprob_chunk = 256
+    # The update runs each micro-batch over its filled slots only, at one of up to this many
+    # widths, rows sorted by length into micro-batches (rl/length_buckets.py); 1: all slots.
+    c.grpo.length_buckets = 4
 
     # The retriever for rollout.mode != self (Search-R1's /retrieve API; ssrl_jax.search.server).
     c.search = ml_collections.ConfigDict()
@@ -252,6 +258,7 @@ _CHECKS: dict[str, Check] = {
     "rollout.top_k": _int(0),
     "rollout.mode": _one_of(MODES),
     "rollout.weight_layout": _one_of(WEIGHT_LAYOUTS),
+    "rollout.kv_windows": _int(1),
     "rollout.suppressed_token_ids": _token_ids,
     "grpo.reward": _one_of(REWARDS),
     "grpo.format_weight": _number(0.0, 1.0),
@@ -272,6 +279,7 @@ _CHECKS: dict[str, Check] = {
     "grpo.num_micro_batches": _int(1),
     "grpo.ppo_epochs": _int(1),
     "grpo.logprob_chunk": _int(1),
+    "grpo.length_buckets": _int(1),
     "search.url": _string,
     "search.topk": _int(1),
     "search.max_turns": _int(1),

@@ -198,7 +198,8 @@ def step_config(config: ml_collections.ConfigDict, eos_ids: tuple[int, ...],
         max_log_ratio=float(g.max_log_ratio), kl_coef=g.kl_coef,
         kl_estimator=g.kl_estimator, entropy_coef=g.entropy_coef, aggregation=g.aggregation,
         advantage_estimator=g.advantage_estimator, mask_information=g.mask_information,
-        logprob_chunk=g.logprob_chunk, weight_layout=r.weight_layout,
+        logprob_chunk=g.logprob_chunk, length_buckets=g.length_buckets,
+        weight_layout=r.weight_layout, kv_windows=r.kv_windows,
         sample_rows=min(config.log.num_samples, config.batch_size)
         if config.log.samples_every_steps else 0)
 

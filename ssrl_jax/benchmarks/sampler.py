@@ -16,6 +16,10 @@ import time
 
 import numpy as np
 
+from ssrl_jax.sampler.buckets import bucket_length
+from ssrl_jax.sampler.kv_windows import DEFAULT_KV_WINDOWS
+from ssrl_jax.sampler.kv_windows import kv_windows as windows_of
+
 BENCH_LLAMA = dict(
     vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
     num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
@@ -43,6 +47,7 @@ class SamplerBenchResult:
     same_tokens: bool
     same_token_fraction: float
     floor_step_s: float
+    kv_windows: tuple[int, ...] = ()
 
     @property
     def itemsize(self) -> int:
@@ -75,7 +80,8 @@ class SamplerBenchResult:
             f"{self.batch}, prompts of {min(self.prompt_lengths)}-{max(self.prompt_lengths)} "
             f"tokens, {self.new_tokens} new tokens, greedy",
             f"  ssrl_jax sampler      : {self.ours_tokens_per_s:8.0f} tokens/s "
-            f"({self.ours_s * 1e3:.0f} ms per call), compile {self.compile_s:.2f} s",
+            f"({self.ours_s * 1e3:.0f} ms per call), compile {self.compile_s:.2f} s, "
+            f"KV read in windows of {', '.join(map(str, self.kv_windows))} slots",
             f"  transformers generate : {self.transformers_tokens_per_s:8.0f} tokens/s "
             f"({self.transformers_s * 1e3:.0f} ms per call)",
             f"  ratio ours / transformers: {self.ratio:.2f}x",
@@ -102,7 +108,8 @@ def _best_time(fn, repeats: int) -> tuple[float, object]:
 
 
 def run(batch: int = 8, new_tokens: int = 128, repeats: int = 3, seed: int = 0,
-        size: str = "20m", dtype: str = "float32") -> SamplerBenchResult:
+        size: str = "20m", dtype: str = "float32",
+        kv_windows: int = DEFAULT_KV_WINDOWS) -> SamplerBenchResult:
     import jax
     import torch
     import transformers
@@ -126,7 +133,7 @@ def run(batch: int = 8, new_tokens: int = 128, repeats: int = 3, seed: int = 0,
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     torch_device = "cuda" if on_gpu else "cpu"
     hf_model = hf_model.to(torch_device)
-    sampler = Sampler(model, eos_ids=())
+    sampler = Sampler(model, eos_ids=(), kv_windows=kv_windows)
 
     def ours():
         return jax.block_until_ready(sampler.generate(prompts, max_new_tokens=new_tokens))
@@ -138,6 +145,7 @@ def run(batch: int = 8, new_tokens: int = 128, repeats: int = 3, seed: int = 0,
     ours_tokens = np.stack([r.tokens_from(TokenSource.POLICY) for r in row_outputs(state)])
 
     width = max(len(p) for p in prompts)
+    prompt_bucket = bucket_length(width)
     ids = torch.zeros((batch, width), dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -167,7 +175,8 @@ def run(batch: int = 8, new_tokens: int = 128, repeats: int = 3, seed: int = 0,
         compile_s=first_call - ours_s, ours_s=ours_s, transformers_s=transformers_s,
         same_tokens=bool(np.array_equal(ours_tokens, their_tokens)),
         same_token_fraction=float(np.mean(ours_tokens == their_tokens)),
-        floor_step_s=floor_step_s)
+        floor_step_s=floor_step_s,
+        kv_windows=windows_of(prompt_bucket, prompt_bucket + new_tokens, kv_windows))
 
 
 def _weight_streaming_floor(num_params: int, batch: int, dtype: str, repeats: int) -> float:

@@ -170,24 +170,20 @@ class Transformer(nnx.Module):
         new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
         return self._final_norm(x), new_cache
 
-    def extend(self, input_ids: jax.Array, token_valid: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def extend(self, input_ids: jax.Array, token_valid: jax.Array, cache: KVCache,
+               kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
         """Appends T tokens per row at cache slot `cache.end` and runs them.
 
         input_ids, token_valid: [B, T]; invalid tokens occupy slots but are never
-        attended to and do not advance positions. Returns final-normed hidden
-        states [B, T, D] and the updated cache (end advanced by T).
+        attended to and do not advance positions. kv_len (static): attention reads only
+        the cache's first kv_len slots (the caller guarantees `cache.end + T <= kv_len`);
+        default all of them. Returns final-normed hidden states [B, T, D] and the updated
+        cache (end advanced by T).
         """
-        token_valid = token_valid.astype(bool)
-        start = cache.valid.sum(axis=1, dtype=jnp.int32)[:, None]
-        positions = start + layers.positions_from_mask(token_valid)
-        valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, cache.end))
-        t = input_ids.shape[1]
-        query_slot = cache.end + jnp.arange(t)
-        causal = jnp.arange(cache.max_len)[None, :] <= query_slot[:, None]  # [T, S]
-        mask = causal[None] & valid[:, None, :]
-        x, (k, v) = self._run_layers(self._embed(input_ids), positions, mask, cache=cache)
-        new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + t)
+        positions, valid, mask = extend_inputs(token_valid, cache.valid, cache.end, kv_len)
+        x, (k, v) = self._run_layers(self._embed(input_ids), positions, mask, cache=cache,
+                                     kv_len=kv_len)
+        new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
         return self._final_norm(x), new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -212,11 +208,11 @@ class Transformer(nnx.Module):
     def _final_norm(self, x: jax.Array) -> jax.Array:
         return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
-    def _run_layers(self, x, positions, mask, cache: KVCache | None):
+    def _run_layers(self, x, positions, mask, cache: KVCache | None, kv_len: int | None = None):
         config = self.config
         layer = functools.partial(_decoder_layer, config=config, rules=self.rules,
                                   positions=positions, mask=mask,
-                                  cache_end=None if cache is None else cache.end)
+                                  cache_end=None if cache is None else cache.end, kv_len=kv_len)
         if config.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[config.remat],
                                    prevent_cse=False)
@@ -238,13 +234,33 @@ class Transformer(nnx.Module):
         return x, (k, v)
 
 
-def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cache_end):
+def extend_inputs(token_valid: jax.Array, cache_valid: jax.Array, cache_end: jax.Array,
+                  kv_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Positions, cache validity and attention mask of T tokens appended at `cache_end`.
+
+    token_valid: [B, T]; cache_valid: [B, S] -> positions [B, T] (continuing each row's
+    count of valid slots), valid [B, S] (with the new tokens), mask [B, T, kv_len]
+    (causal over slots, valid slots only; kv_len defaults to S).
+    """
+    token_valid = token_valid.astype(bool)
+    start = cache_valid.sum(axis=1, dtype=jnp.int32)[:, None]
+    positions = start + layers.positions_from_mask(token_valid)
+    valid = jax.lax.dynamic_update_slice(cache_valid, token_valid, (0, cache_end))
+    kv_len = valid.shape[1] if kv_len is None else kv_len
+    query_slot = cache_end + jnp.arange(token_valid.shape[1])
+    causal = jnp.arange(kv_len)[None, :] <= query_slot[:, None]  # [T, kv_len]
+    return positions, valid, causal[None] & valid[:, None, :kv_len]
+
+
+def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cache_end,
+                   kv_len: int | None = None):
     """One pre-norm decoder block. x: [B, T, D].
 
     layer = (params, kv) with kv one of: None (no cache); (k, v) this layer's cache
     [B, S, K, Dh]; (k_all, v_all, index) the stacked caches [L, B, S, K, Dh] and this
     layer's index. The new keys/values are written at slot `cache_end`; the updated
-    cache comes back in the same form ((k, v) or (k_all, v_all)).
+    cache comes back in the same form ((k, v) or (k_all, v_all)). Attention reads the
+    cache's first `kv_len` slots (static; default all).
     """
     params, kv = layer
     dtype = jnp.dtype(config.dtype)
@@ -277,6 +293,8 @@ def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cac
         k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, cache_end, 0, 0))
         v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, cache_end, 0, 0))
         new_cache = (k, v)
+    if kv_len is not None:
+        k, v = k[:, :kv_len], v[:, :kv_len]
     k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
     v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
     if isinstance(mask, splash.Segments):

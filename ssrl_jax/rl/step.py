@@ -24,11 +24,12 @@ from flax import nnx
 
 from ssrl_jax.models import Transformer
 from ssrl_jax.models.init import logical_axes_of
-from ssrl_jax.rl import grpo
+from ssrl_jax.rl import grpo, length_buckets
 from ssrl_jax.rl.logprobs import chunked_token_logprobs
 from ssrl_jax.rl.optimizer import optimizer_state_shardings
 from ssrl_jax.rl.scoring import SCORE_NAMES, RewardFn, score_on_host
 from ssrl_jax.sampler import decode as decode_lib
+from ssrl_jax.sampler.kv_windows import DEFAULT_KV_WINDOWS, kv_windows
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sampler.stop import build_stop_table
@@ -70,12 +71,18 @@ class StepConfig:
     sample_rows: int = 0
     # The layout of the rollout's weight copy (`decode_copy`): "decode" or "train".
     weight_layout: str = "decode"
+    # Decode steps read the filled part of the KV cache in up to this many windows
+    # (`sampler/kv_windows.py`).
+    kv_windows: int = DEFAULT_KV_WINDOWS
+    # The update runs each micro-batch over the filled slots only, at one of up to this
+    # many widths, rows sorted by length first (`rl/length_buckets.py`); 1: all S slots.
+    length_buckets: int = DEFAULT_KV_WINDOWS
 
     def __post_init__(self):
         if not self.eos_ids:
             raise ValueError("StepConfig.eos_ids: at least one end-of-sequence id is needed")
         for name in ("group_size", "num_mini_batches", "num_micro_batches", "ppo_epochs",
-                     "max_new_tokens", "logprob_chunk"):
+                     "max_new_tokens", "logprob_chunk", "kv_windows", "length_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StepConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.weight_layout not in WEIGHT_LAYOUTS:
@@ -219,24 +226,41 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         ids = jnp.repeat(batch["prompt_ids"], n, axis=0)
         valid = jnp.repeat(batch["prompt_valid"], n, axis=0)
         keys = jax.random.split(key, ids.shape[0])
-        state = decode_lib.prefill(model, ids, valid, keys, ids.shape[1] + config.max_new_tokens)
+        cache_len = ids.shape[1] + config.max_new_tokens
+        state = decode_lib.prefill(model, ids, valid, keys, cache_len)
         return decode_lib.decode(model, state, sampling=config.sampling,
                                  stop_next=jnp.asarray(stop_next),
                                  stop_completed=jnp.asarray(stop_completed),
                                  eos_ids=jnp.asarray(eos_ids),
                                  max_new_tokens=jnp.int32(config.max_new_tokens),
-                                 pad_id=config.pad_id)
+                                 pad_id=config.pad_id,
+                                 windows=kv_windows(ids.shape[1], cache_len, config.kv_windows))
 
     def forward_logprobs(params, tokens, sources, prompt_len):
         return sequence_logprobs(nnx.merge(graphdef, params), tokens, sources,
                                  config.logprob_chunk, first_scored=prompt_len)
 
+    def bucket_widths(prompt_len, slots):
+        return kv_windows(prompt_len, slots, config.length_buckets)
+
     def batched_logprobs(params, tokens, sources, prompt_len):
         """forward_logprobs over the whole batch, one training micro-batch at a time (a
-        whole-batch pass would hold every row's attention scores at once)."""
+        whole-batch pass would hold every row's attention scores at once), each chunk at
+        the narrowest bucket width that holds its tokens."""
         chunks = config.num_mini_batches * config.num_micro_batches
-        logp = jax.lax.map(lambda ts: forward_logprobs(params, *ts, prompt_len)[0],
-                           (split_rows(tokens, chunks), split_rows(sources, chunks)))
+        slots = tokens.shape[1]
+
+        def padded_logprobs(chunk):
+            logp = forward_logprobs(params, chunk["tokens"], chunk["sources"], prompt_len)[0]
+            return jnp.pad(logp, ((0, 0), (0, slots - logp.shape[1])))
+
+        def one_chunk(ts):
+            chunk = {"tokens": ts[0], "sources": ts[1]}
+            return length_buckets.run_at_width(
+                padded_logprobs, bucket_widths(prompt_len, slots),
+                jnp.max(length_buckets.row_extents(ts[1])), chunk)
+
+        logp = jax.lax.map(one_chunk, (split_rows(tokens, chunks), split_rows(sources, chunks)))
         return merge_rows(logp)
 
     def micro_loss(params, micro, totals, prompt_len):
@@ -267,10 +291,13 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         micro = jax.tree.map(lambda x: split_rows(x, config.num_micro_batches), mini)
         grad_fn = jax.value_and_grad(
             lambda p, one, totals: micro_loss(p, one, totals, prompt_len), has_aux=True)
+        widths = bucket_widths(prompt_len, mini["tokens"].shape[1])
 
         def accumulate(carry, one):
             grads, metrics = carry
-            (_, m), g = grad_fn(params, one, totals)
+            extent = jnp.max(length_buckets.row_extents(one["sources"]))
+            (_, m), g = length_buckets.run_at_width(lambda c: grad_fn(params, c, totals),
+                                                    widths, extent, one)
             return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m)), None
 
         zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
@@ -297,10 +324,21 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
     def learn(state, rollout_state, mask, advantages, key, prompt_len: int):
         tokens, sources = rollout_state.tokens, rollout_state.sources
         data = {"tokens": tokens, "sources": sources, "mask": mask, "advantages": advantages}
-        data["ref_logp"] = (batched_logprobs(state.ref_params, tokens, sources, prompt_len)
-                            if config.kl_coef else jnp.zeros(tokens.shape, jnp.float32))
+        bucketed = len(bucket_widths(prompt_len, tokens.shape[1])) > 1
+
+        def all_logprobs(params):
+            if not bucketed:
+                return batched_logprobs(params, tokens, sources, prompt_len)
+            # Rows of similar length share chunks; the result comes back in row order.
+            chunks = config.num_mini_batches * config.num_micro_batches
+            by_length = length_buckets.chunk_order(length_buckets.row_extents(sources), chunks)
+            logp = batched_logprobs(params, tokens[by_length], sources[by_length], prompt_len)
+            return logp[jnp.argsort(by_length)]
+
+        data["ref_logp"] = (all_logprobs(state.ref_params) if config.kl_coef
+                            else jnp.zeros(tokens.shape, jnp.float32))
         if not config.single_update:
-            data["old_logp"] = batched_logprobs(state.params, tokens, sources, prompt_len)
+            data["old_logp"] = all_logprobs(state.params)
 
         params, opt_state = state.params, state.opt_state
         num = tokens.shape[0]
@@ -309,6 +347,10 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
             order = (jnp.arange(num) if config.single_update else
                      jax.random.permutation(jax.random.fold_in(key, epoch), num))
             for rows in jnp.split(order, config.num_mini_batches):
+                if bucketed:  # a permutation inside the mini-batch: its loss is a sum
+                    rows = rows[length_buckets.chunk_order(
+                        length_buckets.row_extents(data["sources"][rows]),
+                        config.num_micro_batches)]
                 mini = jax.tree.map(lambda x: x[rows], data)
                 params, opt_state, m = update(params, opt_state, mini, prompt_len)
                 update_metrics.append(m)

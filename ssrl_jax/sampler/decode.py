@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +139,8 @@ DECODE_LOOP_SCOPE = "decode_loop"
 
 def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
            stop_next: jax.Array, stop_completed: jax.Array, eos_ids: jax.Array,
-           max_new_tokens: jax.Array, pad_id: int, layer_loop: bool = False) -> DecodeState:
+           max_new_tokens: jax.Array, pad_id: int, layer_loop: bool = False,
+           windows: Sequence[int] | None = None) -> DecodeState:
     """Samples until every row is done or `max_new_tokens` steps (or the cache) run out.
 
     stop_next, stop_completed: [Q, V] stop-automaton tables; eos_ids: [E].
@@ -157,11 +159,15 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
         state = dataclasses.replace(state, cache=layer_loop_lib.split_cache(state.cache))
     else:
         extend = model.extend
+    windows = tuple(windows or (state.cache.max_len,))
+    if windows[-1] != state.cache.max_len or list(windows) != sorted(set(windows)):
+        raise ValueError(f"decode: windows {windows} must ascend and end at the cache length "
+                         f"{state.cache.max_len}")
 
     def running(s: DecodeState) -> jax.Array:
         return ~jnp.all(s.done) & (s.cache.end < limit)
 
-    def step(s: DecodeState) -> DecodeState:
+    def step(s: DecodeState, kv_len: int) -> DecodeState:
         logits = model.logits(s.last_hidden)                       # [B, V] fp32
         positions = s.cache.valid.sum(axis=1, dtype=jnp.int32)     # each row's next position
         active = ~s.done
@@ -171,7 +177,7 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
         completed = stop_completed[s.stop_state, token].astype(jnp.int8)
         hit_stop = active & (completed != NO_STOP)
         hit_eos = active & jnp.any(token[:, None] == eos_ids[None, :], axis=1)
-        hidden, cache = extend(token[:, None], active[:, None], s.cache)
+        hidden, cache = extend(token[:, None], active[:, None], s.cache, kv_len=kv_len)
         slot = s.cache.end
         finish = jnp.where(hit_eos, jnp.int8(FinishReason.EOS),
                            jnp.where(hit_stop, jnp.int8(FinishReason.STOP_STRING), s.finish_reason))
@@ -195,7 +201,10 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
     # The scope names the loop in the compiled program (the memory plan looks for weight
     # collectives inside it).
     with jax.named_scope(DECODE_LOOP_SCOPE):
-        state = jax.lax.while_loop(running, step, state)
+        for kv_len in windows:
+            reads = None if kv_len == state.cache.max_len else kv_len
+            state = jax.lax.while_loop(lambda s, w=kv_len: running(s) & (s.cache.end < w),
+                                       functools.partial(step, kv_len=reads), state)
     if layer_loop:
         state = dataclasses.replace(state, cache=layer_loop_lib.stack_cache(state.cache))
     return state

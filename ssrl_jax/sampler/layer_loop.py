@@ -22,8 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssrl_jax.models import KVCache, Transformer, layers
-from ssrl_jax.models.transformer import _decoder_layer
+from ssrl_jax.models import KVCache, Transformer
+from ssrl_jax.models.transformer import _decoder_layer, extend_inputs
 
 
 @jax.tree_util.register_dataclass
@@ -60,23 +60,19 @@ def layer_params(model: Transformer) -> list[dict[str, jax.Array]]:
 
 
 def extend(model: Transformer, params: list[dict[str, jax.Array]], input_ids: jax.Array,
-           token_valid: jax.Array, caches: LayerCaches) -> tuple[jax.Array, LayerCaches]:
+           token_valid: jax.Array, caches: LayerCaches,
+           kv_len: int | None = None) -> tuple[jax.Array, LayerCaches]:
     """`Transformer.extend` over per-layer caches. input_ids, token_valid: [B, T]."""
-    token_valid = token_valid.astype(bool)
-    start = caches.valid.sum(axis=1, dtype=jnp.int32)[:, None]
-    positions = start + layers.positions_from_mask(token_valid)
-    valid = jax.lax.dynamic_update_slice(caches.valid, token_valid, (0, caches.end))
-    t = input_ids.shape[1]
-    query_slot = caches.end + jnp.arange(t)
-    causal = jnp.arange(caches.max_len)[None, :] <= query_slot[:, None]  # [T, S]
-    mask = causal[None] & valid[:, None, :]
+    positions, valid, mask = extend_inputs(token_valid, caches.valid, caches.end, kv_len)
     run_layer = functools.partial(_decoder_layer, config=model.config, rules=model.rules,
-                                  positions=positions, mask=mask, cache_end=caches.end)
+                                  positions=positions, mask=mask, cache_end=caches.end,
+                                  kv_len=kv_len)
     x = model._embed(input_ids)
     new_k, new_v = [], []
     for layer, k, v in zip(params, caches.k, caches.v):
         x, (k, v) = run_layer(x, (layer, (k, v)))
         new_k.append(k)
         new_v.append(v)
-    new_caches = LayerCaches(k=tuple(new_k), v=tuple(new_v), valid=valid, end=caches.end + t)
+    new_caches = LayerCaches(k=tuple(new_k), v=tuple(new_v), valid=valid,
+                             end=caches.end + input_ids.shape[1])
     return model._final_norm(x), new_caches

@@ -27,6 +27,7 @@ from flax import nnx
 from ssrl_jax.models import Transformer
 from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.buckets import bucket_length, left_pad
+from ssrl_jax.sampler.kv_windows import DEFAULT_KV_WINDOWS, kv_windows
 from ssrl_jax.sampler.sampling import GREEDY, SamplingConfig
 from ssrl_jax.sampler.state import DecodeState
 from ssrl_jax.sampler.stop import StopTable, build_stop_table
@@ -40,29 +41,31 @@ STOP_STATES_MIN_BUCKET = 16
 EOS_MIN_BUCKET = 4
 
 
-_STATIC = ("graphdef", "sampling", "pad_id", "layer_loop")
+_STATIC = ("graphdef", "sampling", "pad_id", "layer_loop", "windows")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("cache_len",))
 def _generate(params, ids, valid, keys, stop_next, stop_completed, eos_ids, max_new_tokens, *,
-              graphdef, cache_len, sampling, pad_id, layer_loop) -> DecodeState:
+              graphdef, cache_len, sampling, pad_id, layer_loop, windows) -> DecodeState:
     model = nnx.merge(graphdef, params)
     state = decode_lib.prefill(model, ids, valid, keys, cache_len)
     return decode_lib.decode(model, state, sampling=sampling, stop_next=stop_next,
                              stop_completed=stop_completed, eos_ids=eos_ids,
-                             max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop)
+                             max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop,
+                             windows=windows)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
 def _resume(params, state, ids, valid, resume_rows, policy_len, retract, end_rows, stop_next,
             stop_completed, eos_ids, max_new_tokens, *, graphdef, sampling, pad_id,
-            layer_loop) -> DecodeState:
+            layer_loop, windows) -> DecodeState:
     model = nnx.merge(graphdef, params)
     state = decode_lib.inject(model, state, ids, valid, resume_rows, policy_len, retract,
                               end_rows)
     return decode_lib.decode(model, state, sampling=sampling, stop_next=stop_next,
                              stop_completed=stop_completed, eos_ids=eos_ids,
-                             max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop)
+                             max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop,
+                             windows=windows)
 
 
 def compile_count() -> int:
@@ -97,6 +100,8 @@ class Sampler:
       of two from 16 / 8).
     layer_loop: decode through per-layer weights and caches (`layer_loop.py`)
       instead of the model's layer scan; default on for the CPU backend only.
+    kv_windows: decode steps read the filled part of the KV cache in up to this many
+      windows (`kv_windows.py`; 1: every step reads the whole cache).
     """
 
     def __init__(self, model: Transformer, *, tokenizer: Any = None,
@@ -104,7 +109,8 @@ class Sampler:
                  eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
                  prompt_buckets: Sequence[int] | None = None,
                  inject_buckets: Sequence[int] | None = None,
-                 mesh: jax.sharding.Mesh | None = None, layer_loop: bool | None = None):
+                 mesh: jax.sharding.Mesh | None = None, layer_loop: bool | None = None,
+                 kv_windows: int = DEFAULT_KV_WINDOWS):
         self.config = model.config
         self.graphdef, self.params = nnx.split(model)
         self.rules = model.rules or ShardingRules()
@@ -127,6 +133,9 @@ class Sampler:
             if bad:
                 raise ValueError(f"{name}: ids {bad} are outside the vocabulary [0, {vocab})")
         self.layer_loop = (jax.default_backend() == "cpu") if layer_loop is None else layer_loop
+        if kv_windows < 1:
+            raise ValueError(f"kv_windows must be >= 1, got {kv_windows}")
+        self.kv_windows = kv_windows
         self.prompt_buckets = prompt_buckets
         self.inject_buckets = inject_buckets
         self._stop_tables: dict[tuple[str, ...], tuple[jax.Array, jax.Array]] = {}
@@ -171,7 +180,8 @@ class Sampler:
                              stop_next, stop_completed, self._device_eos_ids(),
                              jnp.int32(max_new_tokens), graphdef=self.graphdef,
                              cache_len=cache_len, sampling=sampling, pad_id=self.pad_id,
-                             layer_loop=self.layer_loop)
+                             layer_loop=self.layer_loop,
+                             windows=kv_windows(prompt_len, cache_len, self.kv_windows))
 
     def resume(self, state: DecodeState, injected: Sequence[Sequence[int]], *,
                max_new_tokens: int, resume_rows: Sequence[bool] | None = None,
@@ -232,7 +242,8 @@ class Sampler:
                            stop_completed,
                            self._device_eos_ids(), jnp.int32(max_new_tokens),
                            graphdef=self.graphdef, sampling=sampling, pad_id=self.pad_id,
-                           layer_loop=self.layer_loop)
+                           layer_loop=self.layer_loop,
+                           windows=kv_windows(0, state.cache.max_len, self.kv_windows))
 
     # ----------------------------------------------------------- helpers --
 

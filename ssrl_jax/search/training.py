@@ -122,7 +122,7 @@ class HostStep:
         self.sampler = Sampler(nnx.merge(self.graphdef, self.params),
                                token_bytes=self.token_bytes, eos_ids=self.config.eos_ids,
                                pad_id=self.config.pad_id, prompt_buckets=[self.prompt_len],
-                               mesh=self.mesh)
+                               mesh=self.mesh, kv_windows=self.config.kv_windows)
         self.params = None  # the step's state carries the parameters from here on
         self._encode = functools.partial(self.tokenizer.encode, add_special_tokens=False)
 
