@@ -133,19 +133,19 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         dtype, slots_shape = jnp.dtype(model_config.dtype), (num_rows, cache_len)
         kv = (max(model_config.num_layers, 1), num_rows, cache_len, model_config.num_kv_heads,
               model_config.head_dim)
+        a = jax.ShapeDtypeStruct
         shapes = DecodeState(
-            cache=KVCache(k=(kv, dtype), v=(kv, dtype), valid=(slots_shape, jnp.bool_),
-                          end=((), jnp.int32)),
-            tokens=(slots_shape, jnp.int32), logprobs=(slots_shape, jnp.float32),
-            entropies=(slots_shape, jnp.float32), sources=(slots_shape, jnp.int8),
-            last_hidden=((num_rows, model_config.hidden_size), dtype),
-            keys=((num_rows,), jax.random.key(0).dtype), stop_state=((num_rows,), jnp.int32),
-            done=((num_rows,), jnp.bool_), finish_reason=((num_rows,), jnp.int8),
-            matched_stop=((num_rows,), jnp.int8), num_steps=((), jnp.int32))
-        leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)  # noqa: E731
-        return jax.tree.map(lambda axes, spec: inputs.sharded(spec[0], spec[1], axes),
+            cache=KVCache(k=a(kv, dtype), v=a(kv, dtype), valid=a(slots_shape, jnp.bool_),
+                          end=a((), jnp.int32)),
+            tokens=a(slots_shape, jnp.int32), logprobs=a(slots_shape, jnp.float32),
+            entropies=a(slots_shape, jnp.float32), sources=a(slots_shape, jnp.int8),
+            last_hidden=a((num_rows, model_config.hidden_size), dtype),
+            keys=a((num_rows,), jax.random.key(0).dtype), stop_state=a((num_rows,), jnp.int32),
+            done=a((num_rows,), jnp.bool_), finish_reason=a((num_rows,), jnp.int8),
+            matched_stop=a((num_rows,), jnp.int8), num_steps=a((), jnp.int32))
+        return jax.tree.map(lambda axes, s: inputs.sharded(s.shape, s.dtype, axes),
                             DecodeState.logical_axes(), shapes,
-                            is_leaf=lambda x: isinstance(x, tuple) and not leaf(x))
+                            is_leaf=lambda x: isinstance(x, tuple))
 
     def one_decode_step(params, state):
         return decode_lib.decode(nnx.merge(graphdef, params), state, sampling=sc.sampling,
@@ -181,22 +181,27 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
 
     grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32,
                                                         sharding=p.sharding), inputs.params)
-    def layers(params, x, positions, mask, cache):
-        model = nnx.merge(graphdef, params)
-        if isinstance(mask, jax.Array) and mask.dtype == jnp.int32:
-            mask = splash.Segments(mask, new_tokens_only=True)
-        return model._run_layers(x, positions, mask, cache)
 
-    def layer_inputs(tokens: int, cache_len: int, prefill: bool):
-        """The layer scan's inputs in a decode step (one token per row) or the prefill."""
+    def layers(params, x, positions, mask, cache):
+        return nnx.merge(graphdef, params)._run_layers(x, positions, mask, cache)
+
+    def splash_prefill_layers(params, x, positions, segment_ids, cache):
+        # As `Transformer.prefill` with splash attention: the prompt attends over itself.
+        return layers(params, x, positions, splash.Segments(segment_ids, new_tokens_only=True),
+                      cache)
+
+    def layer_cost(tokens: int, cache_len: int, prefill: bool) -> Cost:
+        """The layer scan alone in a decode step (one token per row) or the prefill."""
         hidden = inputs.sharded((rows, tokens, model_config.hidden_size),
                                 jnp.dtype(model_config.dtype), ("batch", None, None))
         positions = inputs.sharded((rows, tokens), jnp.int32, ("batch", None))
+        cache = decode_state(rows, cache_len).cache
         if prefill and model_config.attention == "splash":
-            mask = inputs.sharded((rows, tokens), jnp.int32, ("batch", None))
-        else:
-            mask = inputs.sharded((rows, tokens, cache_len), jnp.bool_, ("batch", None, None))
-        return (decode_params, hidden, positions, mask, decode_state(rows, cache_len).cache)
+            segment_ids = inputs.sharded((rows, tokens), jnp.int32, ("batch", None))
+            return cost_of(splash_prefill_layers, decode_params, hidden, positions,
+                           segment_ids, cache, donate=(4,))
+        mask = inputs.sharded((rows, tokens, cache_len), jnp.bool_, ("batch", None, None))
+        return cost_of(layers, decode_params, hidden, positions, mask, cache, donate=(4,))
 
     programs = Programs(
         prompt_len=prompt_len, slots=slots,
@@ -213,9 +218,9 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         decode_at_full=cost_of(one_decode_step, decode_params, decode_state(rows, slots),
                                donate=(1,)),
         prefill=cost_of(prefill, inputs.params, inputs.batch, inputs.key),
-        layer_at_prompt=cost_of(layers, *layer_inputs(1, prompt_len, False), donate=(4,)),
-        layer_at_full=cost_of(layers, *layer_inputs(1, slots, False), donate=(4,)),
-        prefill_layer=cost_of(layers, *layer_inputs(prompt_len, slots, True), donate=(4,)))
+        layer_at_prompt=layer_cost(1, prompt_len, prefill=False),
+        layer_at_full=layer_cost(1, slots, prefill=False),
+        prefill_layer=layer_cost(prompt_len, slots, prefill=True))
 
 
 @dataclasses.dataclass
