@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from typing import Any, Callable
 
@@ -39,6 +40,12 @@ from ssrl_jax.benchmarks.roofline_model import (CHIPS, Chip, Cost, Seconds, extr
                                                 rollout_seconds, seconds)
 from ssrl_jax.cli_errors import UserError
 
+# XLA turns a large matmul whose operand is sharded over fsdp into a windowed einsum (a
+# collective matmul): a `while` loop over the shards, which the cost analysis would count
+# once. Compiled without it, each matmul is counted whole and its collective is a plain
+# all-gather or reduce-scatter moving the same bytes.
+COMPILER_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 FORMULA = ("seconds = max(flops / peak_flops, hbm_bytes / hbm_bandwidth) + "
            "ici_bytes / ici_bandwidth, per compiled program, per chip")
 
@@ -61,11 +68,20 @@ def with_layers(model_config, layers: int):
     return zero
 
 
-def program_cost(compiled, num_devices: int, q_per_kv: int, head_dim: int) -> Cost:
+def program_cost(compiled, num_devices: int, q_per_kv: int, head_dim: int, name: str,
+                 loops: int = 0) -> Cost:
+    """The per-chip cost of a compiled program that holds exactly `loops` `while` loops
+    (whose bodies the cost analysis counts once: the caller multiplies)."""
+    text = compiled.as_text()
+    found = len(re.findall(r"\swhile\(", text))
+    if found != loops:
+        raise RuntimeError(f"roofline: the compiled {name} program holds {found} while "
+                           f"loops, not {loops}: XLA's cost analysis would count their "
+                           "bodies once")
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
-    comps = hlo.computations(compiled.as_text())
+    comps = hlo.computations(text)
     splash = hlo.splash_flops(comps, q_per_kv, head_dim)
     return Cost(flops=float(analysis.get("flops", 0.0)) + splash,
                 hbm_bytes=float(analysis.get("bytes accessed", 0.0)),
@@ -120,12 +136,14 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         inputs.compute_params, state_shardings(inputs.abstract_state, mesh, layout))
     stop = build_stop_table(sc.stop_strings, inputs.token_bytes)
 
-    def cost_of(fn, *args, donate: tuple[int, ...] = ()) -> Cost:
+    def cost_of(fn, *args, donate: tuple[int, ...] = (), loops: int = 0) -> Cost:
         # The decode state and KV cache are donated, as the decode loop's carry is updated
         # in place: without it the program would copy the whole cache at every step.
         with jax.set_mesh(mesh):
-            compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
-        return program_cost(compiled, devices, q_per_kv, model_config.head_dim)
+            compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
+                compiler_options=COMPILER_OPTIONS)
+        return program_cost(compiled, devices, q_per_kv, model_config.head_dim,
+                            fn.__name__, loops)
 
     def decode_state(num_rows: int, cache_len: int) -> DecodeState:
         """An abstract DecodeState of num_rows rows and cache_len slots (a cache of at
@@ -214,9 +232,9 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
     return dataclasses.replace(
         programs,
         decode_at_prompt=cost_of(one_decode_step, decode_params, decode_state(rows, prompt_len),
-                                 donate=(1,)),
+                                 donate=(1,), loops=1),
         decode_at_full=cost_of(one_decode_step, decode_params, decode_state(rows, slots),
-                               donate=(1,)),
+                               donate=(1,), loops=1),
         prefill=cost_of(prefill, inputs.params, inputs.batch, inputs.key),
         layer_at_prompt=layer_cost(1, prompt_len, prefill=False),
         layer_at_full=layer_cost(1, slots, prefill=False),

@@ -120,3 +120,24 @@ def test_a_chip_without_published_peaks_is_refused_by_name():
 def test_the_cli_has_a_plan_command():
     args = build_parser().parse_args(["plan", "--config", SMOKE, "--json"])
     assert (args.topology, args.json, args.run.__name__) == ("v5p:4x4x4", True, "_plan")
+
+
+class FakeCompiled:
+    """What `program_cost` reads of a compiled program."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def as_text(self):
+        return self.text
+
+    def cost_analysis(self):
+        return {"flops": 10.0, "bytes accessed": 20.0}
+
+
+def test_a_program_with_an_unexpected_loop_is_refused_by_name():
+    loop = ("ENTRY %main (a: f32[4]) -> f32[4] {\n"
+            "  %w = (s32[], f32[4]) while(%t), condition=%c, body=%b\n}\n")
+    assert roofline.program_cost(FakeCompiled(loop), 4, 1, 16, "decode", loops=1) == Cost(10, 20)
+    with pytest.raises(RuntimeError, match="learn program holds 1 while loops, not 0"):
+        roofline.program_cost(FakeCompiled(loop), 4, 1, 16, "learn")
