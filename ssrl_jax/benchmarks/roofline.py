@@ -6,9 +6,12 @@ micro-batch scan and the log-prob chunk loop all run many times. The plan theref
 compiles, with the config's mesh, shardings and rules, programs in which every loop but
 the decode loop runs once, and multiplies:
 
-* depth: each program is compiled for a 1-layer and a 0-layer copy of the model (same
-  layer shapes and shardings); every cost is affine in the depth, so the L-layer cost is
-  c0 + L (c1 - c0);
+* depth: the update's programs are compiled for a 0-layer and a 1-layer copy of the model
+  (same layer shapes and shardings; the cost is affine in the depth: c0 + L (c1 - c0));
+  the rollout's for the 1-layer copy, plus L - 1 times the layer scan alone
+  (`Transformer._run_layers`) on the same inputs (a KV cache needs at least one layer);
+* windowed einsums are compiled off (`COMPILER_OPTIONS`), and every program is checked to
+  hold no `while` loop but the decode loop;
 * decode step: one iteration of the rollout's decode loop (`sampler.decode.decode`, whose
   body the analysis counts once) on all N rows of the step, with the bf16 weights in the
   rollout's layout, at two cache sizes (the prompt bucket P and S = P + max_new_tokens):
