@@ -5,6 +5,7 @@
     python -m ssrl_jax.bench step [--model tiny,20m --prompts 8 --group-size 4 --new-tokens 64]
     python -m ssrl_jax.bench memory --config configs/llama8b.py [--set mesh.fsdp=8 ...] [--devices N]
         [--topology v5p:4x4x4] [--json]
+    python -m ssrl_jax.bench plan --config configs/llama8b.py [--topology v5p:4x4x4] [--set ...] [--json]
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def _memory(args: argparse.Namespace) -> None:
         print(plan.to_json())
     else:
         print(plan.report(), flush=True)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from ssrl_jax.benchmarks import roofline
+
+    plan = roofline.run(args.config, args.set, topology=args.topology)
+    print(plan.to_json() if args.json else plan.report(), flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the compiled program's HLO text here")
     memory.add_argument("--json", action="store_true", help="print the figures as JSON")
     memory.set_defaults(run=_memory)
+    plan = commands.add_parser("plan", help="roofline seconds of a config's step (rollout and "
+                               "update) from programs libtpu compiles for a TPU topology, with "
+                               "the chip's published peaks; no chip needed")
+    plan.add_argument("--config", required=True, help="a training config file")
+    plan.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override a config field, e.g. --set mesh.fsdp=8 (repeatable)")
+    plan.add_argument("--topology", default="v5p:4x4x4", metavar="NAME",
+                      help="the TPU topology compiled for: v5p:4x4x4 (v5p-128, default), "
+                      "v5p:2x4x4 (v5p-64), v6e:8x8 (v6e-64), ...")
+    plan.add_argument("--json", action="store_true", help="print the figures as JSON")
+    plan.set_defaults(run=_plan)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Reading a compiled program's HLO text: which collectives run inside a named loop.
+"""Reading a compiled program's HLO text: collectives, the loops they run in, splash kernels.
 
 The memory plan asks one question of the compiled train step: does the decode loop
 gather weights (FSDP all-gathers repeated at every decode step) or were they resharded
@@ -6,6 +6,10 @@ once before it? XLA keeps the `jax.named_scope` of each op in its metadata
 (`op_name="jit(train_step)/decode_loop/while"`), so the loop's `while` is found by
 name, and everything it runs is the set of computations reachable from its body and
 condition (nested loops, fusions, calls, async collectives).
+
+The roofline plan asks two more: how many bytes a chip sends over ICI in a program's
+collectives (`transfers`), and how many FLOPs the splash attention kernels do, which XLA's
+cost analysis cannot see inside a Mosaic custom call (`splash_flops`).
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ def computations(hlo_text: str) -> dict[str, list[str]]:
             if found and not line.startswith(" "):
                 current = found.group(1)
                 out[current] = []
-        elif line.startswith("}"):
+        elif line.rstrip() == "}":
+            # Only a bare brace closes a computation: a custom call's backend_config can
+            # span lines, one of which starts with "}}, metadata=...".
             current = None
         else:
             out[current].append(line)
@@ -124,3 +130,103 @@ def is_weight(collective: Collective, shapes: set[tuple]) -> bool:
     not counted: a norm scale and one row's hidden state can have the same shape."""
     squeezed = tuple(d for d in collective.shape if d != 1)
     return len(squeezed) >= 2 and squeezed in shapes
+
+
+# Collectives a chip takes part in, and the bytes it moves over ICI for each (ring
+# algorithms, group size g): an all-gather of an output of X bytes receives X (g-1)/g; a
+# reduce-scatter to X bytes sends X (g-1); an all-reduce of X bytes sends 2 X (g-1)/g (a
+# reduce-scatter then an all-gather); an all-to-all of X bytes sends X (g-1)/g; a
+# collective-permute sends X.
+COLLECTIVE_OPCODES = ("all-gather", "all-gather-start", "all-reduce", "all-reduce-start",
+                      "reduce-scatter", "all-to-all", "collective-permute",
+                      "collective-permute-start")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
+_LISTED_GROUPS = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """One collective of a compiled program: its (largest) result array and group size."""
+
+    opcode: str
+    dtype: str
+    shape: tuple[int, ...]
+    group_size: int
+
+    @property
+    def ici_bytes(self) -> float:
+        size, g = math.prod(self.shape) * _BYTES.get(self.dtype, 1), self.group_size
+        kind = self.opcode.removesuffix("-start")
+        if kind == "collective-permute":
+            return float(size)
+        if g <= 1:
+            return 0.0
+        if kind == "reduce-scatter":
+            return float(size * (g - 1))
+        if kind == "all-reduce":
+            return 2.0 * size * (g - 1) / g
+        return size * (g - 1) / g
+
+
+def _group_size(line: str, num_devices: int) -> int:
+    iota = _IOTA_GROUPS.search(line)
+    if iota:
+        return int(iota.group(2))
+    listed = _LISTED_GROUPS.search(line)
+    if listed:
+        return len([d for d in listed.group(1).split(",") if d])
+    return num_devices  # `replica_groups={}`: every device
+
+
+def transfers(comps: dict[str, list[str]], num_devices: int) -> list[Transfer]:
+    """Every collective in these computations, each op once (a loop body's once, like XLA's
+    cost analysis); the async `-done` halves are not counted again."""
+    found = []
+    for name in sorted(comps):
+        for line in comps[name]:
+            opcode = _OPCODE.search(line)
+            if not opcode or opcode.group(1) not in COLLECTIVE_OPCODES:
+                continue
+            result = line.split("=", 1)[1].split(opcode.group(1) + "(", 1)[0]
+            arrays = [(dtype, tuple(int(d) for d in dims.split(",") if d))
+                      for dtype, dims in _ARRAY.findall(result)]
+            if not arrays:
+                continue
+            dtype, shape = max(arrays, key=lambda a: math.prod(a[1]) * _BYTES.get(a[0], 1))
+            found.append(Transfer(opcode.group(1), dtype, shape, _group_size(line, num_devices)))
+    return found
+
+
+# Splash attention's Mosaic kernels, by the name JAX gives their custom call, and the FLOPs
+# of one call per element of its [..., T, Dh] output (times T): causal attention computes
+# half of the T x T score matrix. Forward: QK^T and PV (2 matmuls, 2 FLOPs each per
+# multiply-add) -> 2 T; dq: QK^T, dO V^T, dS K -> 3 T; dkv (output per KV head, q_per_kv
+# query heads each): QK^T, dO V^T, P^T dO, dS^T Q -> 4 T q_per_kv.
+_SPLASH_KERNELS = (("splash_mha_fwd", 2), ("splash_mha_dq", 3), ("splash_mha_dkv", 4))
+_INSTRUCTION_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=")
+
+
+def splash_flops(comps: dict[str, list[str]], q_per_kv: int, head_dim: int) -> float:
+    """FLOPs of the splash attention kernels in these computations, which XLA's cost
+    analysis does not see (a custom call is opaque to it). A kernel's output is its
+    result of rank >= 3 ending in head_dim (not the scratch or the softmax statistics)."""
+    total = 0.0
+    for lines in comps.values():
+        for line in lines:
+            if 'custom_call_target="tpu_custom_call"' not in line:
+                continue
+            name = _INSTRUCTION_NAME.match(line)
+            factor = next((f for prefix, f in _SPLASH_KERNELS
+                           if name and name.group(1).startswith(prefix)), None)
+            if factor is None:
+                continue
+            result = line.split("=", 1)[1].split("custom-call(", 1)[0]
+            outputs = [shape for shape in (tuple(int(d) for d in dims.split(",") if d)
+                                           for _, dims in _ARRAY.findall(result))
+                       if len(shape) >= 3 and shape[-1] == head_dim]
+            if not outputs:
+                raise ValueError(f"splash kernel {name.group(1)}: no [..., T, {head_dim}] "
+                                 f"output in {result.strip()[:200]}")
+            out = outputs[0]
+            total += factor * math.prod(out) * out[-2] * (q_per_kv if factor == 4 else 1)
+    return total

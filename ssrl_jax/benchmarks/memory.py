@@ -209,73 +209,25 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
 
     config = load_config(config_path, overrides)
     import jax
-
-    if topology:
-        mesh_device_list = topology_devices(topology, config.mesh_layout.num_slices)
-        count = len(mesh_device_list)
-    else:
-        count = mesh_devices(config, devices)
-        jax.config.update("jax_num_cpu_devices", count)
-        mesh_device_list = None
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from ssrl_jax import train_config as tc
-    from ssrl_jax.models.init import abstract_model, state_shardings
+    from ssrl_jax.benchmarks.abstract_step import abstract_step, build_mesh
+    from ssrl_jax.models.init import state_shardings
     from ssrl_jax.rl.rewards import ssrl_reward
-    from ssrl_jax.rl.optimizer import make_optimizer, optimizer_state_shardings
-    from ssrl_jax.rl.step import TrainState, compute_copy, make_train_step
-    from ssrl_jax.sampler.buckets import bucket_length
-    from ssrl_jax.sharding import ShardingRules, make_mesh
-    from ssrl_jax.trainer import step_config
+    from ssrl_jax.rl.step import make_train_step
 
-    tc.validate(config)
-    if mesh_device_list is None and len(jax.devices()) != count:
-        raise RuntimeError(f"the memory plan needs {count} CPU devices but JAX already has "
-                           f"{len(jax.devices())}; run it in a fresh process")
-    rules = ShardingRules()
-    mesh = make_mesh(dict(config.mesh), mesh_device_list,
-                     num_slices=config.mesh_layout.num_slices,
-                     allow_split_physical_axes=config.mesh_layout.allow_split_physical_axes)
+    mesh = build_mesh(config, devices, topology)
     model_config = model_config_of(config)
-    graphdef, abstract_state = nnx.split(abstract_model(model_config, rules))
-    shardings = state_shardings(abstract_state, mesh, rules)
-    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                          abstract_state, shardings)
-    optimizer = make_optimizer(config.optim.learning_rate, 1)
-    opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                             jax.eval_shape(optimizer.init, params),
-                             optimizer_state_shardings(optimizer, params))
-    # The reference (and the rollout's copy inside the step) in the compute dtype.
-    compute_params = jax.eval_shape(lambda p: compute_copy(p, model_config.dtype), params)
-    compute_params = jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                                    sharding=p.sharding),
-                                  compute_params, params)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-                       params=params, opt_state=opt_state, ref_params=compute_params)
-
-    prompts, length = config.batch_size, bucket_length(config.data.max_prompt_tokens)
-    length = min(length, config.data.max_prompt_tokens)
-
-    def batch_leaf(shape, dtype):
-        axes = ("batch",) + (None,) * (len(shape) - 1)
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=rules.sharding(axes, shape, mesh))
-
-    batch = {"prompt_ids": batch_leaf((prompts, length), jnp.int32),
-             "prompt_valid": batch_leaf((prompts, length), jnp.bool_),
-             "golds": batch_leaf((prompts, config.data.max_golds, config.data.max_gold_bytes),
-                                 jnp.uint8)}
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    token_bytes = [bytes([i % 256]) for i in range(model_config.vocab_size)]
+    inputs = abstract_step(config, mesh, model_config)
+    rules, params, state = inputs.rules, inputs.params, inputs.state
     step = make_train_step(
-        graphdef, step_config(config, model_config.eos_token_ids or (0,), 0),
-        token_bytes=token_bytes, reward_fn=ssrl_reward, optimizer=optimizer, rules=rules,
+        inputs.graphdef, inputs.step_config, token_bytes=inputs.token_bytes,
+        reward_fn=ssrl_reward, optimizer=inputs.optimizer, rules=rules,
         state_sharding=jax.tree.map(lambda x: x.sharding, state))
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = step.lower(state, batch, key).compile()
+        compiled = step.lower(state, inputs.batch, inputs.key).compile()
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     text = compiled.as_text()
@@ -291,9 +243,10 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
     # The rollout's weight copy, in the compute dtype and the layout it decodes with.
     layout = rules.decode_layout() if config.rollout.weight_layout == "decode" else rules
     rollout_weights = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), compute_params,
-        state_shardings(abstract_state, mesh, layout))
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), inputs.compute_params,
+        state_shardings(inputs.abstract_state, mesh, layout))
 
+    prompts, length = config.batch_size, inputs.prompt_len
     rows = prompts * config.rollout.group_size
     slots = length + config.rollout.max_new_tokens
     kv_shape = (model_config.num_layers, rows, slots, model_config.num_kv_heads,
@@ -304,9 +257,9 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
         config_path=config_path, model=f"{model_config.architecture}", num_params=
         model_config.num_params(), mesh=dict(mesh.shape), rows=rows, slots=slots,
         param_dtype=model_config.param_dtype, dtype=model_config.dtype,
-        params=_per_device_bytes(params), reference=_per_device_bytes(compute_params),
+        params=_per_device_bytes(params), reference=_per_device_bytes(inputs.compute_params),
         rollout_weights=_per_device_bytes(rollout_weights),
-        optimizer=_per_device_bytes(opt_state), kv_cache=kv,
+        optimizer=_per_device_bytes(inputs.opt_state), kv_cache=kv,
         arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
         temporaries=analysis.temp_size_in_bytes, compile_s=compile_s,
         weight_layout=config.rollout.weight_layout,
