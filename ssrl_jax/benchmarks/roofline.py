@@ -42,6 +42,8 @@ from ssrl_jax.benchmarks import hlo
 from ssrl_jax.benchmarks.roofline_model import (CHIPS, Chip, Cost, Seconds, extrapolate,
                                                 rollout_seconds, seconds)
 from ssrl_jax.cli_errors import UserError
+from ssrl_jax.sampler.kv_windows import kv_windows
+from ssrl_jax.sampler.kv_windows import slots_read as window_read
 
 # XLA turns a large matmul whose operand is sharded over fsdp into a windowed einsum (a
 # collective matmul): a `while` loop over the shards, which the cost analysis would count
@@ -267,6 +269,8 @@ class StepCosts:
     micro_batch: Cost       # one micro-batch of the update, optimizer excluded
     optimizer: Cost
     compile_s: float
+    # The rollout's KV windows (`rollout.kv_windows`): decode steps read up to the window edge.
+    windows: tuple[int, ...] = ()
 
     def decode_step(self, slots_read: int) -> Cost:
         return self.decode_fixed + self.decode_per_slot * slots_read
@@ -389,15 +393,20 @@ def measure(config_path: str, overrides: list[str] = (), topology: str = "v5p:4x
         num_micro_batches=g.num_micro_batches, decode_fixed=at_prompt - per_slot * prompt_len,
         decode_per_slot=per_slot, prefill=deeper("prefill", "prefill_layer"),
         micro_batch=extrapolate(zero.learn, one.learn, depth) - optimizer,
-        optimizer=optimizer, compile_s=compile_s)
+        optimizer=optimizer, compile_s=compile_s,
+        windows=kv_windows(prompt_len, slots, config.rollout.kv_windows))
 
 
 def estimate(costs: StepCosts, slots_read: Callable[[int], int] | None = None,
              schedule: str | None = None) -> RooflinePlan:
     """The roofline seconds of a step. `slots_read(step) -> int`: the cache slots decode
-    step `step` (0-based) reads; default all S slots at every step (`schedule` names it)."""
+    step `step` (0-based) reads; default the config's KV windows (`sampler/kv_windows.py`),
+    or all S slots at every step with one window (`schedule` names it)."""
     chip = costs.chip
-    if slots_read is None:
+    if slots_read is None and len(costs.windows) > 1:
+        slots_read = lambda step: window_read(costs.windows, costs.prompt_len + step)  # noqa: E731
+        schedule = f"up to the edge of its KV window ({', '.join(map(str, costs.windows))})"
+    elif slots_read is None:
         slots_read, schedule = (lambda step: costs.slots), f"all {costs.slots} slots"
     prefill_s, decode_s, decode_cost = rollout_seconds(
         costs.prefill, costs.decode_step, slots_read, costs.decode_steps, chip)
