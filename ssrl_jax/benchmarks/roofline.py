@@ -368,6 +368,10 @@ def measure(config_path: str, overrides: list[str] = (), topology: str = "v5p:4x
         raise UserError("the roofline prices single-update steps only (an old-policy "
                         "forward and several optimizer updates are not modelled)",
                         "grpo.num_mini_batches / grpo.ppo_epochs", "set both to 1")
+    # Worst case, as for the rollout: every row fills all S slots, so the update runs its
+    # full-width branch; one bucket compiles just that branch (the cost analysis would
+    # otherwise add up the kernels of every branch of the length-bucket switch).
+    config.grpo.length_buckets = 1
     mesh = build_mesh(config, topology=topology)
     model_config = memory.model_config_of(config)
     start = time.perf_counter()

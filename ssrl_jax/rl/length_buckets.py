@@ -52,5 +52,5 @@ def run_at_width(fn: Callable, widths: Sequence[int], extent: jax.Array,
 
     if len(widths) == 1:
         return at(slots)(chunk)
-    index = jnp.searchsorted(jnp.asarray(widths[:-1]), extent, side="left")
+    index = jnp.sum(extent > jnp.asarray(widths[:-1], jnp.int32))  # no loop, unlike searchsorted
     return jax.lax.switch(index, [at(w) for w in widths], chunk)
