@@ -1,18 +1,14 @@
 """`bench plan`: roofline seconds of a small config's step from programs libtpu compiles for
 v5p:2x2x1 (no chip). Needs the `tpu` extra (CI installs it)."""
 
-import importlib.util
 import json
-import os
 import pathlib
 
 import pytest
 
-if importlib.util.find_spec("libtpu") is None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI must install libtpu (pip install -e '.[tpu]') for the TPU plan")
-    pytest.skip("libtpu is not installed (pip install -e '.[tpu]')", allow_module_level=True)
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+from tests.benchmarks.libtpu import require_libtpu
+
+require_libtpu()
 
 from ssrl_jax.bench import build_parser  # noqa: E402
 from ssrl_jax.benchmarks import roofline  # noqa: E402

@@ -6,19 +6,13 @@ layer's weights at every decode step. Splash attention compiles to Mosaic kernel
 Needs the `tpu` extra (CI installs it).
 """
 
-import importlib.util
-import os
 import pathlib
 
 import pytest
 
-if importlib.util.find_spec("libtpu") is None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI must install libtpu (pip install -e '.[tpu]') for the TPU plan")
-    pytest.skip("libtpu is not installed (pip install -e '.[tpu]')", allow_module_level=True)
-# Compiling for a topology uses no chip: other processes (a parallel test worker, a
-# `bench memory --topology` run) may hold libtpu at the same time.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+from tests.benchmarks.libtpu import require_libtpu
+
+require_libtpu()
 
 from ssrl_jax.benchmarks import memory  # noqa: E402
 from ssrl_jax.cli_errors import UserError  # noqa: E402
