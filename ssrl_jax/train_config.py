@@ -22,7 +22,7 @@ from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
 from ssrl_jax.rl.optimizer import LR_SCHEDULES
 from ssrl_jax.rl.rewards import REWARDS
-from ssrl_jax.rl.step import WEIGHT_LAYOUTS
+from ssrl_jax.rl.step_config import WEIGHT_LAYOUTS
 from ssrl_jax.search.client import FAILURE_POLICIES
 from ssrl_jax.search.rollout import ENTROPY_RULES, MODES, PROTOCOLS
 from ssrl_jax.sharding import MESH_AXES

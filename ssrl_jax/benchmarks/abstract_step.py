@@ -70,10 +70,10 @@ def abstract_step(config, mesh, model_config) -> AbstractStep:
     from ssrl_jax import train_config as tc
     from ssrl_jax.models.init import abstract_model, state_shardings
     from ssrl_jax.rl.optimizer import make_optimizer, optimizer_state_shardings
-    from ssrl_jax.rl.step import TrainState, compute_copy
+    from ssrl_jax.rl.step import StepConfig
+    from ssrl_jax.rl.train_state import TrainState, compute_copy
     from ssrl_jax.sampler.buckets import bucket_length
     from ssrl_jax.sharding import ShardingRules
-    from ssrl_jax.trainer import step_config
 
     tc.validate(config)
     rules = ShardingRules()
@@ -110,6 +110,7 @@ def abstract_step(config, mesh, model_config) -> AbstractStep:
         mesh=mesh, rules=rules, model_config=model_config, graphdef=graphdef,
         abstract_state=abstract_state, params=params, opt_state=opt_state,
         compute_params=compute_params, state=state, batch=batch, key=key, optimizer=optimizer,
-        step_config=step_config(config, model_config.eos_token_ids or (0,), 0),
+        step_config=StepConfig.from_config(config, eos_ids=model_config.eos_token_ids or (0,),
+                                           pad_id=0),
         token_bytes=[bytes([i % 256]) for i in range(model_config.vocab_size)],
         prompt_len=length)

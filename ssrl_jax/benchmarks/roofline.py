@@ -9,7 +9,7 @@ the decode loop runs once, and multiplies:
 * depth: the update's programs are compiled for a 0-layer and a 1-layer copy of the model
   (same layer shapes and shardings; the cost is affine in the depth: c0 + L (c1 - c0));
   the rollout's for the 1-layer copy, plus L - 1 times the layer scan alone
-  (`Transformer._run_layers`) on the same inputs (a KV cache needs at least one layer);
+  (`Transformer.run_layers`) on the same inputs (a KV cache needs at least one layer);
 * windowed einsums are compiled off (`COMPILER_OPTIONS`), and every program is checked to
   hold no `while` loop but the decode loop;
 * decode step: one iteration of the rollout's decode loop (`sampler.decode.decode`, whose
@@ -102,7 +102,7 @@ class Programs:
     learn: Cost
     optimizer: Cost
     # Rollout programs (compiled for the 1-layer model only): a decode step at P and S
-    # slots, the prefill, and the model's layer scan alone (`Transformer._run_layers`) in
+    # slots, the prefill, and the model's layer scan alone (`Transformer.run_layers`) in
     # each of them, which with one layer is the cost of one more layer.
     decode_at_prompt: Cost | None = None
     decode_at_full: Cost | None = None
@@ -125,7 +125,8 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
     from ssrl_jax.models import KVCache, splash
     from ssrl_jax.models.init import state_shardings
     from ssrl_jax.rl.rewards import ssrl_reward
-    from ssrl_jax.rl.step import decode_copy, make_step_parts
+    from ssrl_jax.rl.step import make_step_parts
+    from ssrl_jax.rl.train_state import decode_copy
     from ssrl_jax.sampler import decode as decode_lib
     from ssrl_jax.sampler.state import DecodeState
     from ssrl_jax.sampler.stop import build_stop_table
@@ -139,7 +140,7 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
     decode_params = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         inputs.compute_params, state_shardings(inputs.abstract_state, mesh, layout))
-    stop = build_stop_table(sc.stop_strings, inputs.token_bytes)
+    stop = build_stop_table((), inputs.token_bytes)  # the self-search step stops at EOS only
 
     def cost_of(fn, *args, donate: tuple[int, ...] = (), loops: int = 0) -> Cost:
         # The decode state and KV cache are donated, as the decode loop's carry is updated
@@ -196,7 +197,7 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         return parts.learn(state, rollout_state, mask, advantages, key, prompt_len)
 
     def optimizer_update(grads, opt_state, params):
-        # The end of the step's `update` (rl/step.py).
+        # The end of the step's `update` (rl/learn.py).
         updates, new_opt_state = inputs.optimizer.update(grads, opt_state, params)
         new_opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_opt_state,
                                      opt_state)
@@ -206,7 +207,7 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
                                                         sharding=p.sharding), inputs.params)
 
     def layers(params, x, positions, mask, cache):
-        return nnx.merge(graphdef, params)._run_layers(x, positions, mask, cache)
+        return nnx.merge(graphdef, params).run_layers(x, positions, mask, cache)
 
     def splash_prefill_layers(params, x, positions, segment_ids, cache):
         # As `Transformer.prefill` with splash attention: the prompt attends over itself.

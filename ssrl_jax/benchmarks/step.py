@@ -137,7 +137,10 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
     from ssrl_jax.models import ModelConfig, init_model
     from ssrl_jax.rl.rewards import ssrl_reward
     from ssrl_jax.rl.optimizer import make_optimizer
-    from ssrl_jax.rl.step import StepConfig, init_train_state, make_step_parts, make_train_step
+    from ssrl_jax.rl.grpo import group_advantages
+    from ssrl_jax.rl.scoring import SCORE_NAMES
+    from ssrl_jax.rl.step import StepConfig, make_step_parts, make_train_step
+    from ssrl_jax.rl.train_state import init_train_state
     from ssrl_jax.sampler.buckets import bucket_length, left_pad
     from ssrl_jax.sampler.token_text import token_bytes
 
@@ -167,11 +170,12 @@ def run(model: str = "tiny", *, prompts: int = 8, group_size: int = 4, new_token
     parts = make_step_parts(graphdef, step_config, **kwargs)
     rollout, score = jax.jit(parts.rollout), jax.jit(parts.score)
     learn = jax.jit(functools.partial(parts.learn, prompt_len=batch["prompt_ids"].shape[1]))
-    rollout_state = jax_block(rollout(state.params, batch, key))
-    rollout_s, rollout_state = _median_time(lambda: rollout(state.params, batch, key), repeats)
+    rollout_state = jax_block(rollout(state.params, batch, key))[0]
+    rollout_s, (rollout_state, _) = _median_time(lambda: rollout(state.params, batch, key),
+                                                 repeats)
     scored = jax_block(score(rollout_state, batch))
-    score_s, (scores, mask, advantages) = _median_time(lambda: score(rollout_state, batch),
-                                                       repeats)
+    score_s, (scores, mask) = _median_time(lambda: score(rollout_state, batch), repeats)
+    advantages = group_advantages(scores[:, SCORE_NAMES.index("reward")], group_size)
     jax_block(learn(state, rollout_state, mask, advantages, key))
     learn_s, _ = _median_time(lambda: learn(state, rollout_state, mask, advantages, key),
                               repeats)

@@ -152,8 +152,8 @@ class Transformer(nnx.Module):
             mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]
             if segment_ids is not None:
                 mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-        x, _ = self._run_layers(self._embed(input_ids), positions, mask, cache=None)
-        return self._final_norm(x)
+        x, _ = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=None)
+        return self.apply_final_norm(x)
 
     def prefill(self, input_ids: jax.Array, token_valid: jax.Array,
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -166,9 +166,9 @@ class Transformer(nnx.Module):
         positions = layers.positions_from_mask(token_valid)
         valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, cache.end))
         mask = splash.Segments(splash.segment_ids_of(token_valid), new_tokens_only=True)
-        x, (k, v) = self._run_layers(self._embed(input_ids), positions, mask, cache=cache)
+        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=cache)
         new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
-        return self._final_norm(x), new_cache
+        return self.apply_final_norm(x), new_cache
 
     def extend(self, input_ids: jax.Array, token_valid: jax.Array, cache: KVCache,
                kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
@@ -181,10 +181,10 @@ class Transformer(nnx.Module):
         cache (end advanced by T).
         """
         positions, valid, mask = extend_inputs(token_valid, cache.valid, cache.end, kv_len)
-        x, (k, v) = self._run_layers(self._embed(input_ids), positions, mask, cache=cache,
+        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=cache,
                                      kv_len=kv_len)
         new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
-        return self._final_norm(x), new_cache
+        return self.apply_final_norm(x), new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> logits [..., V] in fp32."""
@@ -199,18 +199,22 @@ class Transformer(nnx.Module):
         """The [D, V] output projection (the transposed input embedding when tied)."""
         return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
-    # ----------------------------------------------------------------------
+    # -- the per-layer pieces (the sampler's CPU layer loop runs them one layer at a time) --
 
-    def _embed(self, input_ids: jax.Array) -> jax.Array:
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+        """[B, T] ids -> [B, T, D] embeddings in the compute dtype."""
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.config.dtype)
         return constrain(x, ("batch", None, None), self.rules)
 
-    def _final_norm(self, x: jax.Array) -> jax.Array:
+    def apply_final_norm(self, x: jax.Array) -> jax.Array:
+        """The norm after the last layer. x: [B, T, D]."""
         return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
-    def _run_layers(self, x, positions, mask, cache: KVCache | None, kv_len: int | None = None):
+    def run_layers(self, x, positions, mask, cache: KVCache | None, kv_len: int | None = None):
+        """Every `decoder_layer` in a scan over the stacked weights (and cache). x: [B, T, D];
+        returns (x, (k, v)) with the updated stacked cache, or (x, None) without one."""
         config = self.config
-        layer = functools.partial(_decoder_layer, config=config, rules=self.rules,
+        layer = functools.partial(decoder_layer, config=config, rules=self.rules,
                                   positions=positions, mask=mask,
                                   cache_end=None if cache is None else cache.end, kv_len=kv_len)
         if config.remat != "none":
@@ -252,7 +256,7 @@ def extend_inputs(token_valid: jax.Array, cache_valid: jax.Array, cache_end: jax
     return positions, valid, causal[None] & valid[:, None, :kv_len]
 
 
-def _decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cache_end,
+def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cache_end,
                    kv_len: int | None = None):
     """One pre-norm decoder block. x: [B, T, D].
 

@@ -42,6 +42,14 @@ def make_optimizer(learning_rate: float, warmup_steps: int, *, max_grad_norm: fl
                        optax.adamw(rate, b1=b1, b2=b2, weight_decay=weight_decay))
 
 
+def optimizer_from_config(optim: Any, total_steps: int) -> optax.GradientTransformation:
+    """`make_optimizer` of a run config's `optim` section, for a run of `total_steps`."""
+    return make_optimizer(optim.learning_rate, round(optim.warmup_ratio * total_steps),
+                          max_grad_norm=optim.max_grad_norm, weight_decay=optim.weight_decay,
+                          b1=optim.b1, b2=optim.b2, schedule=optim.schedule,
+                          total_steps=total_steps, final_lr_ratio=optim.final_lr_ratio)
+
+
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
     """Shardings of `optimizer.init(params)`: parameter-shaped leaves (Adam's moments)
     follow their parameter's sharding, everything else (counts) is replicated.

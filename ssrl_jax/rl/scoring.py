@@ -96,3 +96,26 @@ def scoring_spec(num_rows: int, mesh: jax.sharding.AbstractMesh | jax.sharding.M
             axes.append(axis)
             size *= mesh.shape[axis]
     return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
+
+
+def score_group_rows(tokens: np.ndarray, sources: np.ndarray, golds: Sequence[Sequence[str]], *,
+                     token_bytes: Sequence[bytes], reward: str, group_size: int,
+                     format_weight: float, mask_information: bool, format_rule: str = "ssrl"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Host scoring of N = P·n responses, groups consecutive.
+
+    Returns (scores fp32 [N, len(SCORE_NAMES)], loss mask fp32 [N, S], gold EM [N]). With
+    ``reward="ttrl"`` the reward, exact_match and f1 are against the group's majority answer
+    (no golds used); gold EM is always against the golds (for monitoring).
+    """
+    texts = [response_text(tokens[i], sources[i], token_bytes) for i in range(len(tokens))]
+    if reward == "ttrl":
+        parts = rewards.ttrl_rewards(texts, format_weight, group_size=group_size,
+                                     format_rule=format_rule)
+    else:
+        parts = [rewards.ssrl_reward(t, g, format_weight, format_rule)
+                 for t, g in zip(texts, golds)]
+    scores = np.array([[getattr(p, name) for name in SCORE_NAMES] for p in parts], np.float32)
+    gold_em = np.array([rewards.exact_match(rewards.extract_answer(t), g) if g else 0.0
+                        for t, g in zip(texts, golds)], np.float32)
+    return scores, loss_mask(tokens, sources, token_bytes, mask_information), gold_em

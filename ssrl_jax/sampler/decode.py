@@ -208,3 +208,18 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
     if layer_loop:
         state = dataclasses.replace(state, cache=layer_loop_lib.stack_cache(state.cache))
     return state
+
+
+def generate(model: Transformer, ids: jax.Array, valid: jax.Array, keys: jax.Array, *,
+             cache_len: int, sampling: SamplingConfig, stop_next: jax.Array,
+             stop_completed: jax.Array, eos_ids: jax.Array, max_new_tokens: jax.Array,
+             pad_id: int, layer_loop: bool = False,
+             windows: Sequence[int] | None = None) -> DecodeState:
+    """`prefill` then `decode`: the program the sampler and the train step's rollout share.
+
+    ids, valid: [B, P] left-padded prompts; keys: [B] per-row PRNG keys; cache_len: S slots.
+    """
+    state = prefill(model, ids, valid, keys, cache_len)
+    return decode(model, state, sampling=sampling, stop_next=stop_next,
+                  stop_completed=stop_completed, eos_ids=eos_ids, max_new_tokens=max_new_tokens,
+                  pad_id=pad_id, layer_loop=layer_loop, windows=windows)

@@ -6,7 +6,7 @@ cache on every step (the cache goes in as scan inputs and comes out as new scan
 outputs). Slicing the weights once per call and carrying one cache array per
 layer lets each step read weights in place and update its cache slot in place;
 on CPU that roughly halves the time of a decode step. Each layer still runs the
-model's own `_decoder_layer`, so the numbers are the model's.
+model's own `decoder_layer`, so the numbers are the model's.
 
 The price is a copy of the weights per call, so this path is for the CPU
 backend (small models); accelerators use the model's `extend`.
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ssrl_jax.models import KVCache, Transformer
-from ssrl_jax.models.transformer import _decoder_layer, extend_inputs
+from ssrl_jax.models.transformer import decoder_layer, extend_inputs
 
 
 @jax.tree_util.register_dataclass
@@ -64,10 +64,10 @@ def extend(model: Transformer, params: list[dict[str, jax.Array]], input_ids: ja
            kv_len: int | None = None) -> tuple[jax.Array, LayerCaches]:
     """`Transformer.extend` over per-layer caches. input_ids, token_valid: [B, T]."""
     positions, valid, mask = extend_inputs(token_valid, caches.valid, caches.end, kv_len)
-    run_layer = functools.partial(_decoder_layer, config=model.config, rules=model.rules,
+    run_layer = functools.partial(decoder_layer, config=model.config, rules=model.rules,
                                   positions=positions, mask=mask, cache_end=caches.end,
                                   kv_len=kv_len)
-    x = model._embed(input_ids)
+    x = model.embed_tokens(input_ids)
     new_k, new_v = [], []
     for layer, k, v in zip(params, caches.k, caches.v):
         x, (k, v) = run_layer(x, (layer, (k, v)))
@@ -75,4 +75,4 @@ def extend(model: Transformer, params: list[dict[str, jax.Array]], input_ids: ja
         new_v.append(v)
     new_caches = LayerCaches(k=tuple(new_k), v=tuple(new_v), valid=valid,
                              end=caches.end + input_ids.shape[1])
-    return model._final_norm(x), new_caches
+    return model.apply_final_norm(x), new_caches

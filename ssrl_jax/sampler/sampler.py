@@ -47,12 +47,11 @@ _STATIC = ("graphdef", "sampling", "pad_id", "layer_loop", "windows")
 @functools.partial(jax.jit, static_argnames=_STATIC + ("cache_len",))
 def _generate(params, ids, valid, keys, stop_next, stop_completed, eos_ids, max_new_tokens, *,
               graphdef, cache_len, sampling, pad_id, layer_loop, windows) -> DecodeState:
-    model = nnx.merge(graphdef, params)
-    state = decode_lib.prefill(model, ids, valid, keys, cache_len)
-    return decode_lib.decode(model, state, sampling=sampling, stop_next=stop_next,
-                             stop_completed=stop_completed, eos_ids=eos_ids,
-                             max_new_tokens=max_new_tokens, pad_id=pad_id, layer_loop=layer_loop,
-                             windows=windows)
+    return decode_lib.generate(nnx.merge(graphdef, params), ids, valid, keys,
+                               cache_len=cache_len, sampling=sampling, stop_next=stop_next,
+                               stop_completed=stop_completed, eos_ids=eos_ids,
+                               max_new_tokens=max_new_tokens, pad_id=pad_id,
+                               layer_loop=layer_loop, windows=windows)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))

@@ -107,6 +107,15 @@ class SearchPolicy:
         need(isinstance(self.turn_tokens, int) and self.turn_tokens >= 0, "turn_tokens",
              "an integer >= 0")
 
+    @classmethod
+    def from_config(cls, config: Any) -> "SearchPolicy":
+        """The policy of a run config: `rollout.mode` and the `search` section."""
+        s = config.search
+        return cls(mode=config.rollout.mode, max_turns=s.max_turns, first_k=s.first_k,
+                   entropy_rule=s.entropy_rule, entropy_threshold=float(s.entropy_threshold),
+                   max_info_tokens=s.max_info_tokens, protocol=s.protocol,
+                   turn_tokens=s.turn_tokens)
+
     @property
     def real_limit(self) -> int:
         """Real searches a row may have in this mode."""

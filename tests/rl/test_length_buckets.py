@@ -12,7 +12,9 @@ from flax import nnx
 from ssrl_jax.models import init_model
 from ssrl_jax.rl import length_buckets
 from ssrl_jax.rl.rewards import ssrl_reward
-from ssrl_jax.rl.step import init_train_state, make_step_parts, split_rows
+from ssrl_jax.rl.learn import split_rows
+from ssrl_jax.rl.step import make_step_parts
+from ssrl_jax.rl.train_state import init_train_state
 from ssrl_jax.sampler.sources import TokenSource
 from tests.rl.test_step import CONFIG, EOS, PAD, TOKEN_BYTES, step_config
 

@@ -17,8 +17,9 @@ from flax import nnx
 from ssrl_jax.models import ModelConfig, init_model
 from ssrl_jax.rl.grpo import group_advantages
 from ssrl_jax.rl.optimizer import make_optimizer
-from ssrl_jax.rl.step import (StepConfig, compute_copy, init_train_state, make_step_parts,
-                               sequence_logprobs)
+from ssrl_jax.rl.learn import sequence_logprobs
+from ssrl_jax.rl.step import StepConfig, make_step_parts
+from ssrl_jax.rl.train_state import compute_copy, init_train_state
 from ssrl_jax.sampler.sources import TokenSource
 
 VOCAB, EOS = 64, 63

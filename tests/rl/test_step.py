@@ -10,7 +10,9 @@ from ssrl_jax.data.golds import encode_golds
 from ssrl_jax.models import ModelConfig, init_model
 from ssrl_jax.rl.rewards import RewardParts
 from ssrl_jax.rl.optimizer import learning_rate_schedule, make_optimizer
-from ssrl_jax.rl.step import StepConfig, init_train_state, make_train_step, sequence_logprobs
+from ssrl_jax.rl.learn import sequence_logprobs
+from ssrl_jax.rl.step import StepConfig, make_train_step
+from ssrl_jax.rl.train_state import init_train_state
 from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sharding import ShardingRules, make_mesh
 

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ssrl_jax import trainer
+from ssrl_jax import train_steps, trainer
 from ssrl_jax import train_config as tc
 from ssrl_jax.run_log import METRICS_FILE, SAMPLES_FILE
 from tests.search.search_model import write_searching_model
@@ -113,4 +113,5 @@ def test_search_r1_config_validates():
     tc.validate(config)
     assert (config.rollout.mode, config.search.topk, config.search.max_info_tokens) == (
         "real", 3, 500)
-    assert trainer.uses_host_step(config) and not trainer.uses_host_step(tc.default_config())
+    assert train_steps.uses_host_step(config) and not train_steps.uses_host_step(
+        tc.default_config())

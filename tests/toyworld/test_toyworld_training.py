@@ -9,7 +9,7 @@ import pytest
 
 from transformers import AutoTokenizer
 
-from ssrl_jax import trainer
+from ssrl_jax import model_source, trainer
 from ssrl_jax.data.qa import read_qa
 from ssrl_jax.data.train_batches import tokenize_prompts
 from ssrl_jax.toyworld import assets_dir, model_dir
@@ -61,7 +61,7 @@ def test_no_shipped_training_question_is_dropped_for_its_prompt_length(name, row
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     questions = read_qa(str(assets_dir() / rows))
     kept, _ = tokenize_prompts(questions, tokenizer, mode=c.data.prompt_mode,
-                               chat=trainer.use_chat(c.data.chat, tokenizer),
+                               chat=model_source.use_chat(c.data.chat, tokenizer),
                                max_prompt_tokens=c.data.max_prompt_tokens)
     assert len(kept) == len(questions)
 

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from ssrl_jax import trainer
+from ssrl_jax import model_source, trainer
 from ssrl_jax.convert import main as convert
 from ssrl_jax.package_files import asset_path
 from ssrl_jax.run_log import METRICS_FILE
@@ -53,4 +53,4 @@ def test_model_path_kind_is_told_apart(tmp_path):
 
     assert not checkpoints.is_checkpoint_path(asset_path("toyworld", "model"))
     assert not checkpoints.is_checkpoint_path(tmp_path)
-    assert trainer.model_checkpoint_meta(_config(asset_path("toyworld", "model"))) is None
+    assert model_source.model_checkpoint_meta(_config(asset_path("toyworld", "model"))) is None

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ssrl_jax import checkpoints, trainer
+from ssrl_jax import checkpoints, resume, trainer
 from ssrl_jax.data.qa import sample_data_path
 from ssrl_jax.run_log import METRICS_FILE
 from tests.helpers_checkpoint_faults import flip_byte, params_data_file
@@ -59,7 +59,7 @@ def test_another_runs_checkpoints_are_refused_naming_each_field(workdir):
     c.batch_size = 4
     c.rollout.group_size = 4
     c.model.random.hidden_size = 64
-    with pytest.raises(trainer.RunMismatchError) as error:
+    with pytest.raises(resume.RunMismatchError) as error:
         trainer.run(c, str(workdir))
     message = str(error.value)
     for expected in ("model.hidden_size: 32 → 64", "config.seed: 0 → 1",
@@ -73,7 +73,7 @@ def test_another_runs_checkpoints_are_refused_naming_each_field(workdir):
     other_data.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # same rows, other order
     c = config(total_steps=4)
     c.data.train_files = str(other_data)
-    with pytest.raises(trainer.RunMismatchError) as error:
+    with pytest.raises(resume.RunMismatchError) as error:
         trainer.run(c, str(workdir))
     assert "config.data.train_files: 'sample' → " in str(error.value)
     assert "data.sha256" in str(error.value) and "data.rows" not in str(error.value)
@@ -102,7 +102,7 @@ def test_corrupt_latest_step_is_quarantined_and_redone_once(workdir, capsys):
     result = trainer.run(config(total_steps=3), str(workdir))
     assert (result.start_step, result.last_step) == (1, 3)
     output = capsys.readouterr().out
-    quarantined = list((workdir / trainer.QUARANTINE_SUBDIR).iterdir())
+    quarantined = list((workdir / resume.QUARANTINE_SUBDIR).iterdir())
     assert [p.name.startswith("step-2-") for p in quarantined] == [True]
     assert f"checkpoint step 2 could not be read; moved it to {quarantined[0]}" in output
     assert snapshot(quarantined[0]) == corrupt  # moved as it was, not deleted
@@ -124,7 +124,7 @@ def test_workdir_whose_steps_are_all_unreadable_is_refused_unchanged(workdir):
     for step in (1, 2):
         flip_byte(params_data_file(workdir / "checkpoints" / str(step)))
     before = snapshot(workdir)
-    with pytest.raises(trainer.UnreadableCheckpointsError, match=r"steps \[1, 2\] can be read"):
+    with pytest.raises(resume.UnreadableCheckpointsError, match=r"steps \[1, 2\] can be read"):
         trainer.run(config(total_steps=3), str(workdir))
     assert snapshot(workdir) == before
 

@@ -36,7 +36,8 @@ def test_paper_configs_carry_the_spec_settings():
 
 def test_search_r1_config_is_search_r1s_train_grpo_sh():
     """Each value against Search-R1's train_grpo.sh / verl ppo_trainer.yaml (docs/search.md)."""
-    from ssrl_jax.trainer import search_policy, step_config
+    from ssrl_jax.rl.step import StepConfig
+    from ssrl_jax.search.rollout import SearchPolicy
 
     c = load("search_r1")
     responses = c.batch_size * c.rollout.group_size
@@ -54,11 +55,11 @@ def test_search_r1_config_is_search_r1s_train_grpo_sh():
         0.001, "grpo", True)
     assert (c.rollout.temperature, c.rollout.top_p, c.rollout.top_k) == (1.0, 0.95, 0)
     assert (c.data.max_prompt_tokens, c.search.max_info_tokens, c.search.topk) == (2048, 500, 3)
-    policy = search_policy(c)
+    policy = SearchPolicy.from_config(c)
     assert (policy.mode, policy.protocol, policy.max_turns, policy.turn_tokens) == (
         "real", "search_r1", 2, 500)
     assert c.rollout.max_new_tokens == (policy.max_turns + 1) * policy.turn_tokens
-    step = step_config(c, (1,), 0)
+    step = StepConfig.from_config(c, eos_ids=(1,), pad_id=0)
     assert (step.num_mini_batches, step.entropy_coef, step.sampling.top_p) == (10, 0.001, 0.95)
     assert not step.single_update  # old log-probs are computed: the PPO ratio moves
 
