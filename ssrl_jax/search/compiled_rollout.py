@@ -105,6 +105,11 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
     stops that end a row (e.g. ``</answer>``); inject_buckets: the sampler's (None: default);
     layer_loop, kv_windows_count: as `Sampler`'s layer_loop / kv_windows; rules: the sharding
     rules that place the batch (default the model's).
+
+    Build and jit it once per run: the client and policy are baked into the program. Without
+    a mesh (or when no mesh axis divides the rows) one callback serves every row. A
+    `SearchError` of the client (policy ``"fail"``) ends the program as a
+    `jax.errors.JaxRuntimeError` whose message holds it (URL and cause).
     """
     if policy.protocol != "free":
         raise ValueError(f"make_compiled_search: protocol={policy.protocol!r} is not supported "

@@ -28,7 +28,9 @@ and every stopped row resumes (``Sampler.resume``: no re-prefill). A row whose s
 real resumes with nothing injected and writes its own ``<information>``; the sampler
 restarts its stop automaton, so only new text can stop it again. A failed search (client
 policy ``fallback``) is left to the model the same way and counted. Once no live row can
-have another real search, ``</search>`` is dropped from the stop strings.
+have another real search, ``</search>`` is dropped from the stop strings. The per-turn
+decisions are `turn_plan.plan_turn`, which the compiled rollout (`compiled_rollout.py`, the same
+turns inside one jitted program) shares.
 
 A real search's turn ends exactly at ``</search>``: bytes the tag's last token carried past it
 (a BPE token such as ``>\n\n``) are dropped, the kept bytes re-tokenised in the token's place
@@ -61,7 +63,7 @@ import numpy as np
 from ssrl_jax.protocol import (INFO_PREFIX, INFO_SUFFIX, INVALID_ACTION_OBSERVATION, SEARCH_CLOSE,
                                SEARCH_OPEN)
 from ssrl_jax.sampler.buckets import bucket_length
-from ssrl_jax.sampler.sources import FinishReason, TokenSource
+from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sampler.state import DecodeState
 from ssrl_jax.search.turns import CUT_ROOM, kept_bytes, retokenize
 

@@ -15,7 +15,7 @@ from ssrl_jax.sampler.sampler import row_keys
 from ssrl_jax.search import compiled_rollout
 from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.compiled_rollout import compiled_result, make_compiled_search
-from ssrl_jax.search.rollout import SearchPolicy, search_rollout
+from ssrl_jax.search.rollout import SearchPolicy, rollout_cache_len, search_rollout
 from ssrl_jax.sharding import ShardingRules, make_mesh
 from tests.search.search_model import write_searching_model
 
@@ -107,6 +107,9 @@ def test_matches_the_host_loop(setup, server_url, mode, sampling):
         compiled_queries = client.reset_counters()["queries"]
     _assert_same(host, compiled)
     assert compiled_queries == host_queries == host.real_searches.sum()
+    cache_len = rollout_cache_len(sampler, prompts, policy=_policy(mode),
+                                  max_new_tokens=MAX_NEW_TOKENS, encode=_encoder(tok))
+    assert compiled.state.tokens.shape[1] == host.state.tokens.shape[1] == cache_len
     if sampling == "greedy" and mode != "self":
         # The scripted path: every row searched for real and took documents in.
         assert (host.real_searches > 0).all()
@@ -177,3 +180,13 @@ def test_rejects_what_it_cannot_run():
     with jax.set_mesh(make_mesh({"data": 2, "tensor": 2}, jax.devices()[:4])):
         with pytest.raises(ValueError, match=r"mesh axes \['tensor'\]"):
             compiled_rollout._per_shard(lambda *args: args, 2, ShardingRules())
+
+
+@pytest.mark.slow
+def test_a_failing_retriever_under_policy_fail_stops_the_program(setup, make_stub):
+    sampler, tok, prompts = setup
+    with make_stub(lambda body: (503, {"detail": "down"})) as url:
+        with SearchClient(url, max_retries=0, on_failure="fail") as client:
+            # The client's SearchError (URL and cause) comes out of the callback.
+            with pytest.raises(jax.errors.JaxRuntimeError, match=r"search at http\S+ failed"):
+                _compiled(sampler, tok, prompts[:2], _policy("real"), client, GREEDY)
