@@ -1,4 +1,4 @@
-"""Multi-turn search with a real retriever inside one compiled program (protocol "free").
+"""Multi-turn search with a real retriever inside one compiled program.
 
     rollout = make_compiled_search(policy=policy, client=client, encode=encode,
                                    token_bytes=token_bytes, eos_ids=eos_ids, pad_id=pad_id,
@@ -23,11 +23,14 @@ bucket), the last-token replacement as `policy_len` / `retract`, `resume`, `aske
 updated counters. The documents are appended with `decode_lib.inject` (inside a `lax.cond`:
 a round where nothing is injected writes no slots) and decoding resumes with the remaining
 budget. The cache has `rollout_cache_len`'s room for `injection_rounds(policy)` injections;
-the round count past that is "dropped", as in the host loop.
+a real search after that many rounds with retriever queries is "dropped", as in the host loop.
 
 Rounds are a while loop rather than `injection_rounds` unrolled copies: self-written and
 failed searches also stop a row (as in the host loop), so a batch may need more rounds than
 it has injections; a round costs nothing unless some row stopped at `</search>`.
+
+Protocol "search_r1" (Search-R1's agent loop) runs the same way, its turns decided by
+`search_r1_loop.plan_search_r1_turn` (`compiled_search_r1.py`).
 
 Outputs match `search_rollout` on the same rows and per-row keys (same tokens, sources and
 log-probs per row; only the padding slots between turns differ, as every injection here is
@@ -68,16 +71,18 @@ __all__ = ["SearchCounters", "compiled_result", "make_compiled_search"]
 class SearchCounters:
     """What the compiled rollout counted. N rows.
 
-    searches / real / failed / dropped: int32 [N], as `RowCounters`; turns: int32 [], the
-    sampler calls the host loop would have made (1 + rounds run); rounds: int32 [], rounds in
-    which some query went to the retriever; decode_steps: int32 [], decode iterations of all
-    turns together (<= max_new_tokens).
+    searches / real / failed / dropped: int32 [N], as `RowCounters`; invalid: int32 [N],
+    turns answered with the invalid-action feedback (protocol search_r1); turns: int32 [], the
+    sampler calls the host loop would have made; rounds: int32 [], rounds in which some query
+    went to the retriever (protocol free; 0 for search_r1); decode_steps: int32 [], decode
+    iterations of all turns together (<= max_new_tokens).
     """
 
     searches: jax.Array
     real: jax.Array
     failed: jax.Array
     dropped: jax.Array
+    invalid: jax.Array
     turns: jax.Array
     rounds: jax.Array
     decode_steps: jax.Array
@@ -99,7 +104,8 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
     `injection_width(policy, encode, inject_buckets)`), `rollout_cache_len`'s figure. Call it
     inside `jax.jit`, under `jax.set_mesh(mesh)` for one host callback per batch shard.
 
-    The rest is static: policy (protocol "free"; any mode, ``self`` decodes once); client: the
+    The rest is static: policy (any mode and protocol; ``self`` with protocol "free" decodes
+    once, protocol "search_r1" runs Search-R1's turns, `compiled_search_r1.py`); client: the
     `SearchClient` (called from the host callback, from several threads at once); encode: text
     -> ids without special tokens; token_bytes: [V] bytes per token id; stop_strings: extra
     stops that end a row (e.g. ``</answer>``); inject_buckets: the sampler's (None: default);
@@ -111,14 +117,20 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
     `SearchError` of the client (policy ``"fail"``) ends the program as a
     `jax.errors.JaxRuntimeError` whose message holds it (URL and cause).
     """
-    if policy.protocol != "free":
-        raise ValueError(f"make_compiled_search: protocol={policy.protocol!r} is not supported "
-                         "(only 'free'); run protocol 'search_r1' with search_rollout")
     if policy.mode != "self" and client is None:
         raise ValueError(f"make_compiled_search: mode={policy.mode!r} needs a SearchClient")
     if max_new_tokens < 1:
         raise ValueError(f"make_compiled_search: max_new_tokens must be >= 1, got {max_new_tokens}")
     token_bytes = list(token_bytes)
+    if policy.protocol == "search_r1":
+        from ssrl_jax.search.compiled_search_r1 import search_r1_program
+
+        return search_r1_program(
+            policy=policy, client=client, encode=encode, token_bytes=token_bytes,
+            eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens, sampling=sampling,
+            stop_strings=stop_strings, inject_buckets=inject_buckets, layer_loop=layer_loop,
+            kv_windows_count=kv_windows_count, rules=rules, stop_tables=_stop_tables,
+            per_shard=_per_shard, counters_of=_search_r1_counters)
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))
     searching_first = policy.real_limit > 0
     width = injection_width(policy, encode, inject_buckets)
@@ -208,7 +220,15 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
 
 def _counters(rows: RowCounters, turns, rounds, steps) -> SearchCounters:
     return SearchCounters(searches=rows.searches, real=rows.real, failed=rows.failed,
-                          dropped=rows.dropped, turns=turns, rounds=rounds, decode_steps=steps)
+                          dropped=rows.dropped, invalid=jnp.zeros_like(rows.real), turns=turns,
+                          rounds=rounds, decode_steps=steps)
+
+
+def _search_r1_counters(rows: Any, turns, steps) -> SearchCounters:
+    """rows: `search_r1_loop.SearchR1Counters`."""
+    return SearchCounters(searches=rows.searches, real=rows.real, failed=rows.failed,
+                          dropped=jnp.zeros_like(rows.real), invalid=rows.invalid, turns=turns,
+                          rounds=jnp.int32(0), decode_steps=steps)
 
 
 def _stop_tables(stop_sets: Sequence[tuple[str, ...]], token_bytes: Sequence[bytes]
@@ -256,12 +276,13 @@ def compiled_result(state: DecodeState, counters: SearchCounters,
                     token_bytes: Sequence[bytes]) -> SearchRollout:
     """The host view of a compiled rollout, as `search_rollout` returns it (queries are not
     recorded: every row's list is empty)."""
-    real, failed, dropped = (np.asarray(jax.device_get(x), np.int64)
-                             for x in (counters.real, counters.failed, counters.dropped))
+    real, failed, dropped, invalid = (
+        np.asarray(jax.device_get(x), np.int64)
+        for x in (counters.real, counters.failed, counters.dropped, counters.invalid))
     written = written_searches(state, token_bytes)
     n = real.shape[0]
     return SearchRollout(state=state, real_searches=real,
                          self_searches=np.maximum(written - real - failed - dropped, 0),
                          failed_searches=failed, dropped_searches=dropped,
-                         invalid_actions=np.zeros(n, np.int64), queries=[[] for _ in range(n)],
+                         invalid_actions=invalid, queries=[[] for _ in range(n)],
                          turns=int(counters.turns), decode_steps=int(counters.decode_steps))

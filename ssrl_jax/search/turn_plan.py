@@ -151,9 +151,10 @@ def plan_turn(tokens: np.ndarray, sources: np.ndarray, entropies: np.ndarray,
                     counters=RowCounters(searches, real, failed, dropped, previous))
 
 
-def pack_injection(plan: TurnPlan, width: int, pad_id: int
+def pack_injection(plan: Any, width: int, pad_id: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The plan as `decode_lib.inject`'s arrays, as `Sampler.resume` builds them but always
+    """The plan (a `TurnPlan`, or `search_r1_loop.SearchR1Plan`: its `documents` and
+    `replace_last`) as `decode_lib.inject`'s arrays, as `Sampler.resume` builds them but always
     `width` slots wide: (ids int32 [N, width], valid bool [N, width], each row's replacement
     then documents right-aligned; policy_len int32 [N], retract bool [N])."""
     rows = [list(r or ()) + list(d) for r, d in zip(plan.replace_last, plan.documents)]

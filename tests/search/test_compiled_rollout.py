@@ -86,7 +86,8 @@ def _assert_same(host, compiled):
         np.testing.assert_allclose(c.logprobs, h.logprobs, atol=1e-5, err_msg=f"row {row}")
         np.testing.assert_allclose(c.entropies, h.entropies, atol=1e-5, err_msg=f"row {row}")
         assert (c.finish_reason, c.matched_stop) == (h.finish_reason, h.matched_stop), row
-    for name in ("real_searches", "self_searches", "failed_searches", "dropped_searches"):
+    for name in ("real_searches", "self_searches", "failed_searches", "dropped_searches",
+                 "invalid_actions"):
         assert getattr(compiled, name).tolist() == getattr(host, name).tolist(), name
     assert (compiled.turns, compiled.decode_steps) == (host.turns, host.decode_steps)
 
@@ -118,6 +119,36 @@ def test_matches_the_host_loop(setup, server_url, mode, sampling):
     if sampling == "sampled":
         # The rows went different ways, so the rounds served different subsets of rows.
         assert len(set(host.real_searches.tolist())) > 1 or host.decode_steps == MAX_NEW_TOKENS
+
+
+# Search-R1's agent loop: (mode, sampling, max_turns, turn_tokens). max_turns=1 with 3-token
+# turns gets the invalid-action feedback; the sampled ones end rows in different turns.
+SEARCH_R1_CASES = [("real", "greedy", 2, 40), ("real", "greedy", 1, 3),
+                   ("entropy_guided", "sampled", 3, 20), ("first_k_real", "sampled", 2, 0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,sampling,max_turns,turn_tokens", SEARCH_R1_CASES)
+def test_search_r1_protocol_matches_its_host_loop(setup, server_url, mode, sampling, max_turns,
+                                                  turn_tokens):
+    sampler, tok, prompts = setup
+    config = GREEDY if sampling == "greedy" else SAMPLED
+    policy = SearchPolicy(mode=mode, max_turns=max_turns, first_k=1, max_info_tokens=48,
+                          protocol="search_r1", turn_tokens=turn_tokens)
+    with SearchClient(server_url, topk=2) as client:
+        host = _host(sampler, tok, prompts, policy, client, config)
+        host_queries = client.reset_counters()["queries"]
+        compiled = _compiled(sampler, tok, prompts, policy, client, config)
+        compiled_queries = client.reset_counters()["queries"]
+    _assert_same(host, compiled)
+    assert compiled_queries == host_queries == host.real_searches.sum()
+    cache_len = rollout_cache_len(sampler, prompts, policy=policy,
+                                  max_new_tokens=MAX_NEW_TOKENS, encode=_encoder(tok))
+    assert compiled.state.tokens.shape[1] == host.state.tokens.shape[1] == cache_len
+    if turn_tokens == 3:
+        assert compiled.invalid_actions.tolist() == [1] * len(prompts)
+    elif sampling == "greedy":
+        assert compiled.real_searches.tolist() == [max_turns] * len(prompts)
 
 
 @pytest.mark.slow
@@ -168,10 +199,6 @@ def test_failed_searches_fall_back_to_self_written(setup, make_stub):
 
 
 def test_rejects_what_it_cannot_run():
-    with pytest.raises(ValueError, match="protocol='search_r1'"):
-        make_compiled_search(policy=SearchPolicy(mode="real", protocol="search_r1"),
-                             client=object(), encode=lambda text: [], token_bytes=[b"a"],
-                             eos_ids=[0], pad_id=0, max_new_tokens=8, sampling=GREEDY)
     with pytest.raises(ValueError, match="mode='real' needs a SearchClient"):
         make_compiled_search(policy=SearchPolicy(mode="real"), client=None,
                              encode=lambda text: [], token_bytes=[b"a"], eos_ids=[0], pad_id=0,
