@@ -28,7 +28,9 @@ and every stopped row resumes (``Sampler.resume``: no re-prefill). A row whose s
 real resumes with nothing injected and writes its own ``<information>``; the sampler
 restarts its stop automaton, so only new text can stop it again. A failed search (client
 policy ``fallback``) is left to the model the same way and counted. Once no live row can
-have another real search, ``</search>`` is dropped from the stop strings.
+have another real search, ``</search>`` is dropped from the stop strings. The per-turn
+decisions are `turn_plan.plan_turn`, which the compiled rollout (`compiled_rollout.py`, the same
+turns inside one jitted program) shares.
 
 A real search's turn ends exactly at ``</search>``: bytes the tag's last token carried past it
 (a BPE token such as ``>\n\n``) are dropped, the kept bytes re-tokenised in the token's place
@@ -61,7 +63,7 @@ import numpy as np
 from ssrl_jax.protocol import (INFO_PREFIX, INFO_SUFFIX, INVALID_ACTION_OBSERVATION, SEARCH_CLOSE,
                                SEARCH_OPEN)
 from ssrl_jax.sampler.buckets import bucket_length
-from ssrl_jax.sampler.sources import FinishReason, TokenSource
+from ssrl_jax.sampler.sources import TokenSource
 from ssrl_jax.sampler.state import DecodeState
 from ssrl_jax.search.turns import CUT_ROOM, kept_bytes, retokenize
 
@@ -237,18 +239,15 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
         raise ValueError("search_rollout needs a Sampler built with tokenizer= or token_bytes=")
     if policy.mode != "self" and client is None:
         raise ValueError(f"mode={policy.mode!r} needs a SearchClient")
+    from ssrl_jax.search.turn_plan import RowCounters, plan_turn, search_stopped, still_searching
+
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))
     extra_stops = tuple(s for s in stop_strings if s != SEARCH_CLOSE)
-    prefix, suffix = encode(INFO_PREFIX), encode(INFO_SUFFIX)
     if cache_len is None:
         cache_len = rollout_cache_len(sampler, prompts, policy=policy,
                                       max_new_tokens=max_new_tokens, encode=encode)
     n = len(prompts)
-    real = np.zeros(n, np.int64)
-    failed = np.zeros(n, np.int64)
-    dropped = np.zeros(n, np.int64)
-    searches = np.zeros(n, np.int64)
-    previous: list[float | None] = [None] * n
+    counters = RowCounters.zeros(n)
     queries: list[list[QueryRecord]] = [[] for _ in range(n)]
 
     searching = policy.real_limit > 0
@@ -258,60 +257,28 @@ def search_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy: Se
     steps, turns, rounds = int(state.num_steps), 1, 0
     while searching and steps < max_new_tokens:
         finish, matched = jax.device_get((state.finish_reason, state.matched_stop))
-        stopped = np.flatnonzero((finish == FinishReason.STOP_STRING) & (matched == 0))
-        if stopped.size == 0:
+        if not search_stopped(finish, matched).any():
             break
         tokens, sources, entropies = jax.device_get(
             (state.tokens, state.sources, state.entropies))
-        real_rows, real_queries, records = [], [], {}
-        for b in stopped:
-            slots = _response(tokens[b], sources[b])
-            ids = tokens[b, slots]
-            text = b"".join(token_bytes[t] for t in ids)
-            span = last_query(text)
-            query = "" if span is None else text[span[0]:span[1]].decode("utf-8", "replace")
-            entropy = 0.0 if span is None else query_entropy(
-                byte_lengths[ids], sources[b, slots], entropies[b, slots], span)
-            go = wants_real(policy, search_index=int(searches[b]), real_count=int(real[b]),
-                            entropy=entropy, previous_entropy=previous[b])
-            searches[b] += 1
-            previous[b] = entropy
-            records[b] = (query.strip(), entropy)
-            if go:
-                real_rows.append(b)
-                real_queries.append(query)
-        injected: list[list[int]] = [[] for _ in range(n)]
-        replace: list[list[int] | None] = [None] * n
-        outcome = {b: "self" for b in stopped}
-        if real_rows and rounds >= injection_rounds(policy):
-            for b in real_rows:
-                outcome[b] = "dropped"
-                dropped[b] += 1
-        elif real_rows:
-            rounds += 1
-            for b, result in zip(real_rows, client.search(real_queries)):
-                if result.failed:
-                    outcome[b] = "failed"
-                    failed[b] += 1
-                    continue
-                outcome[b] = "real"
-                real[b] += 1
-                injected[b] = prefix + encode(result.text)[:policy.max_info_tokens] + suffix
-                replace[b] = cut_at_tag(tokens[b], sources[b], token_bytes, encode,
-                                        (SEARCH_CLOSE,))
-        for b in stopped:
-            queries[b].append(QueryRecord(records[b][0], records[b][1], outcome[b]))
-        resume = np.zeros(n, bool)
-        resume[stopped] = True
-        live = ~jax.device_get(state.done) | resume
-        searching = bool(np.any(live & (real < policy.real_limit)))
+        plan = plan_turn(tokens, sources, entropies, finish, matched, counters, rounds=rounds,
+                         policy=policy, client=client, encode=encode, token_bytes=token_bytes,
+                         byte_lengths=byte_lengths)
+        counters = plan.counters
+        rounds += int(plan.asked.any())
+        for b, record in enumerate(plan.records):
+            if record is not None:
+                queries[b].append(record)
+        searching = bool(still_searching(jax.device_get(state.done), plan.resume,
+                                         counters.real, policy.real_limit))
         stops = ((SEARCH_CLOSE,) + extra_stops) if searching else extra_stops
-        state = sampler.resume(state, injected, max_new_tokens=max_new_tokens - steps,
-                               resume_rows=resume, sampling=sampling, stop_strings=stops,
-                               replace_last=replace)
+        state = sampler.resume(state, plan.documents, max_new_tokens=max_new_tokens - steps,
+                               resume_rows=plan.resume, sampling=sampling, stop_strings=stops,
+                               replace_last=plan.replace_last)
         steps += int(state.num_steps)
         turns += 1
 
+    real, failed, dropped = counters.real, counters.failed, counters.dropped
     written = written_searches(state, token_bytes)
     return SearchRollout(state=state, real_searches=real,
                          self_searches=np.maximum(written - real - failed - dropped, 0),
@@ -346,16 +313,27 @@ def cut_at_tag(tokens: np.ndarray, sources: np.ndarray, token_bytes: Sequence[by
 def injection_bucket(sampler: Any, policy: SearchPolicy, encode: Encode) -> int:
     """Slots one injection takes at most (the sampler pads injections to its buckets): the
     documents or the feedback text, after the tokens of a cut turn's last token."""
+    return injection_width(policy, encode, sampler.inject_buckets)
+
+
+def injection_width(policy: SearchPolicy, encode: Encode,
+                    inject_buckets: Sequence[int] | None = None) -> int:
+    """`injection_bucket` for the injection buckets `inject_buckets` (None: the sampler's
+    default powers of two)."""
     longest = len(encode(INFO_PREFIX)) + policy.max_info_tokens + len(encode(INFO_SUFFIX))
     if policy.protocol == "search_r1":
         longest = max(longest, len(encode(INVALID_ACTION_OBSERVATION)))
-    return _bucket(sampler, longest + CUT_ROOM)
+    return _bucket_of(inject_buckets, longest + CUT_ROOM)
 
 
 def _bucket(sampler: Any, length: int) -> int:
+    return _bucket_of(sampler.inject_buckets, length)
+
+
+def _bucket_of(inject_buckets: Sequence[int] | None, length: int) -> int:
     from ssrl_jax.sampler.sampler import INJECT_MIN_BUCKET
 
-    return bucket_length(length, sampler.inject_buckets, minimum=INJECT_MIN_BUCKET,
+    return bucket_length(length, inject_buckets, minimum=INJECT_MIN_BUCKET,
                          name="inject_buckets")
 
 
