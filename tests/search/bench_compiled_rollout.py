@@ -61,11 +61,14 @@ def main() -> None:
 
     print(f"{args.rows} rows, {args.new_tokens} new tokens, {jax.default_backend()}, "
           f"median of {args.repeats}")
-    print(f"{'mode':<16}{'turns':>6}{'steps':>7}{'host loop ms':>14}{'compiled ms':>13}")
+    print(f"{'mode':<20}{'turns':>6}{'steps':>7}{'host loop ms':>14}{'compiled ms':>13}")
     with serve_index(work / "index", work / "server.log") as url, \
             SearchClient(url, topk=2, cache_size=0) as client:
-        for mode in ("self", "real", "first_k_real", "entropy_guided"):
-            policy = SearchPolicy(mode=mode, max_turns=3, first_k=1, max_info_tokens=48)
+        for mode, protocol in (("self", "free"), ("real", "free"), ("first_k_real", "free"),
+                               ("entropy_guided", "free"), ("real", "search_r1")):
+            policy = SearchPolicy(mode=mode, max_turns=3, first_k=1, max_info_tokens=48,
+                                  protocol=protocol, turn_tokens=40 if protocol != "free" else 0)
+            name = mode if protocol == "free" else f"{mode} ({protocol})"
 
             def host():
                 out = search_rollout(sampler, prompts, policy=policy, client=client,
@@ -89,7 +92,7 @@ def main() -> None:
 
             reference, other = host(), compiled()
             assert (reference.turns, reference.decode_steps) == (other.turns, other.decode_steps)
-            print(f"{mode:<16}{reference.turns:>6}{reference.decode_steps:>7}"
+            print(f"{name:<20}{reference.turns:>6}{reference.decode_steps:>7}"
                   f"{median_ms(host):>14.0f}{median_ms(compiled):>13.0f}", flush=True)
 
 
