@@ -6,8 +6,8 @@ file:line. In short: 512 prompts × 5 responses per step, 10 optimizer updates o
 each, lr 1e-6 with a 28.5 % linear warm-up then constant, 1005 steps, reward = exact match
 only, KL 0.001 (low_var_kl) in the loss, entropy bonus 0.001, top-p 0.95; Search-R1's agent
 loop with 2 search turns + 1 last turn of ≤ 500 tokens each, 3 documents of ≤ 500 tokens per
-search, invalid actions answered with its feedback text. Runs the host-driven step
-(docs/search.md): single host.
+search, invalid actions answered with its feedback text, all inside the one compiled step
+(docs/search.md).
 
 Start the retriever first (ssrl_jax.search.server over a BM25 or E5 index of the 2018
 Wikipedia dump, or Search-R1's own server), then train:

@@ -32,8 +32,8 @@ def get_config(variant: str = ""):
     if variant == "real":
         c.rollout.mode = "real"
         c.search.url = "http://127.0.0.1:8000/retrieve"
-        # Two injections of up to 500 tokens widen each row from 392 to 1,416 slots; one
-        # micro-batch of all 64 responses would need ~25 GB for the learn program's attention.
-        # 16 micro-batches of 4 need ~1.5 GB (docs/search.md, "Memory").
+        # Two injections of up to 500 tokens (1,024-slot buckets) widen each row from 392 to
+        # 2,440 slots; the update's attention over them is what needs memory: 63 GB in one
+        # micro-batch of all 64 responses, 4.0 GB in 16 of 4 (docs/search.md, "Memory").
         c.grpo.num_micro_batches = 16
     return c

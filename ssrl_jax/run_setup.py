@@ -28,7 +28,7 @@ from ssrl_jax.rl.optimizer import optimizer_from_config
 from ssrl_jax.rl.train_state import TrainState, init_train_state
 from ssrl_jax.sampler.token_text import token_bytes
 from ssrl_jax.sharding import ShardingRules, make_mesh
-from ssrl_jax.train_steps import TrainStep, make_step
+from ssrl_jax.train_steps import CompiledStep, make_step
 
 
 @dataclasses.dataclass
@@ -47,7 +47,7 @@ class Run:
     iterator: Any
     total_steps: int
     state: TrainState
-    step: TrainStep
+    step: CompiledStep
     start_step: int
 
 

@@ -84,8 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Token ids never sampled, e.g. "151643" (Qwen's <|endoftext|> when <|im_end|> must end
     # turns); comma-separated, "" = none. Log-probs stay the model's own.
     c.rollout.suppressed_token_ids = ""
-    # self: SSRL, the one compiled step. real (Search-R1), first_k_real, entropy_guided: a
-    # retriever at config.search.url answers searches in a host-driven turn loop (docs/search.md).
+    # self: SSRL, one decoding pass. real (Search-R1), first_k_real, entropy_guided: a
+    # retriever at config.search.url answers searches, called from inside the compiled step
+    # between decode segments (docs/search.md).
     c.rollout.mode = "self"
     # decode: the rollout's bf16 weight copy is gathered over fsdp once per step (split over
     # tensor only), so the decode loop gathers no weights; train: it keeps the training

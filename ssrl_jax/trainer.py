@@ -4,8 +4,8 @@
     for each step: qa batch -> step(state, qa, key) -> metrics / samples -> checkpoint
     SIGTERM (TPU preemption): save the step just finished and return
 
-The loop is the same for every training mode: `run.step` (train_steps.py) is the compiled
-self-search program or the host-driven real-search / TTRL step behind one interface.
+The loop is the same for every training mode: `run.step` (train_steps.py) is the one
+compiled step, whose rollout searches or not and whose reward is SSRL's or TTRL's.
 
 Every process runs this same function (multi-host: one per TPU VM); each feeds its
 own rows, and only process 0 writes metrics. Step s uses the PRNG key

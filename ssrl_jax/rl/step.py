@@ -6,7 +6,7 @@
 Inside one jitted program, `state` donated: rollout (n responses per prompt, the sampler's
 `decode.generate`) -> `Trajectories` -> score on the host, per shard -> `make_update`: group
 advantages, the GRPO update (`rl/learn.py`), the step's metrics, the next `TrainState`. The
-host-driven step (`search/training.py`) runs the same `make_update`. Shapes: P prompts, n
+rollout is pluggable (`rollout_fn`: the multi-turn search of `search/step_rollout.py`). Shapes: P prompts, n
 group size, N = P·n responses, L prompt bucket, S = L + max_new_tokens slots.
 """
 
@@ -84,7 +84,7 @@ def self_search_rollout(config: StepConfig, token_bytes: Sequence[bytes]) -> Rol
 def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: Sequence[bytes],
                     reward_fn: RewardFn, optimizer: optax.GradientTransformation,
                     rules: ShardingRules | None = ShardingRules(),
-                    rollout_fn: RolloutFn | None = None) -> StepParts:
+                    rollout_fn: RolloutFn | None = None, group_reward: bool = False) -> StepParts:
     """The rollout / score / learn stages of `make_train_step` (arguments as there)."""
     rollout_fn = rollout_fn or self_search_rollout(config, token_bytes)
     n = config.group_size
@@ -100,14 +100,14 @@ def make_step_parts(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         valid = jnp.repeat(batch["prompt_valid"], n, axis=0)
         state, metrics = rollout_fn(model, ids, valid, jax.random.split(key, ids.shape[0]))
         metrics = dict(metrics)
-        trajectories = Trajectories.from_decode_state(state, metrics.pop("decode_steps", None))
-        return trajectories, {name: jnp.mean(value) for name, value in metrics.items()}
+        return Trajectories.from_decode_state(state, metrics.pop("decode_steps", None)), metrics
 
     def score(trajectories, batch):
         golds = jnp.repeat(batch["golds"], n, axis=0)
         scores, mask = score_on_host(trajectories.tokens, trajectories.sources, golds,
                                      token_bytes=token_bytes, reward_fn=reward_fn,
-                                     mask_information=config.mask_information, rules=rules)
+                                     mask_information=config.mask_information, rules=rules,
+                                     group_size=n, group_reward=group_reward)
         return constrain(scores, ("batch", None), rules), mask
 
     return StepParts(rollout=rollout, score=score,
@@ -136,6 +136,17 @@ def step_metrics(trajectories: Trajectories, scores: jax.Array, mask: jax.Array,
     return metrics
 
 
+def summarize_rollout(metrics: dict[str, jax.Array], scores: jax.Array) -> dict[str, jax.Array]:
+    """A rollout's metrics as means. A search rollout's per-row `counted_searches` (the searches
+    it decided on) become `self_searches`: the other `</search>` tags each response wrote."""
+    metrics = dict(metrics)
+    counted = metrics.pop("counted_searches", None)
+    if counted is not None:
+        written = scores[:, SCORE_NAMES.index("written_searches")]
+        metrics["self_searches"] = jnp.maximum(written - counted, 0)
+    return {name: jnp.mean(value.astype(jnp.float32)) for name, value in metrics.items()}
+
+
 def make_update(learn: Callable, config: StepConfig,
                 rules: ShardingRules | None = ShardingRules()):
     """The tail every training mode runs on scored trajectories, whatever rolled them out:
@@ -161,11 +172,12 @@ def make_update(learn: Callable, config: StepConfig,
 def make_train_step(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: Sequence[bytes],
                     reward_fn: RewardFn, optimizer: optax.GradientTransformation,
                     rules: ShardingRules | None = ShardingRules(), state_sharding: Any = None,
-                    rollout_fn: RolloutFn | None = None):
+                    rollout_fn: RolloutFn | None = None, group_reward: bool = False):
     """Builds the jitted `train_step(state, batch, key) -> (state, metrics)`.
 
     `rollout_fn` (default `self_search_rollout`) writes the responses: e.g. the multi-turn
-    search of `search.compiled_rollout`, run inside the same program.
+    search of `search.compiled_rollout`, run inside the same program. `reward_fn` is a
+    `RewardFn`, or with `group_reward` a `GroupRewardFn` (TTRL).
 
     `state_sharding` (the shardings of the `TrainState` the step will be given, e.g.
     `jax.tree.map(lambda x: x.sharding, state)`) pins the returned state to the same
@@ -177,7 +189,8 @@ def make_train_step(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
     metrics: scalars, plus `samples` (see `step_metrics`).
     """
     parts = make_step_parts(graphdef, config, token_bytes=token_bytes, reward_fn=reward_fn,
-                            optimizer=optimizer, rules=rules, rollout_fn=rollout_fn)
+                            optimizer=optimizer, rules=rules, rollout_fn=rollout_fn,
+                            group_reward=group_reward)
     update = make_update(parts.learn, config, rules)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
@@ -186,7 +199,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: StepConfig, *, token_bytes: 
         scores, mask = parts.score(trajectories, batch)
         state, metrics = update(state, trajectories, scores, mask, shuffle_key,
                                 batch["prompt_ids"].shape[1])
-        return state, {**metrics, **rollout_metrics}
+        return state, {**metrics, **summarize_rollout(rollout_metrics, scores)}
 
     if state_sharding is None:
         return jax.jit(train_step, donate_argnums=0)

@@ -90,6 +90,40 @@ def retract_last(state: DecodeState, rows: jax.Array) -> DecodeState:
         sources=jnp.where(drop, jnp.int8(TokenSource.PAD), state.sources))
 
 
+# Injections longer than this run through the model this many tokens at a time, so that an
+# injection bucket of W tokens holds attention scores for INJECT_BLOCK queries, not W.
+INJECT_BLOCK = 128
+
+
+def extend_in_blocks(model: Transformer, ids: jax.Array, valid: jax.Array, cache: KVCache,
+                     last_hidden: jax.Array, block: int = INJECT_BLOCK
+                     ) -> tuple[jax.Array, KVCache]:
+    """`model.extend` of right-aligned rows ids / valid [B, T], `block` tokens at a time.
+
+    Returns (final-normed hidden state of slot T - 1 [B, D], meaningful for rows with tokens
+    only, as with `extend`; the cache with end advanced by T). Leading blocks where no row has
+    a token are skipped (their slots stay invalid, as `extend` would leave them), so a round
+    costs what its longest injection needs; T <= `block` is one `extend`. `last_hidden` [B, D]
+    (the caller's) is returned when every block is skipped.
+    """
+    t = ids.shape[1]
+    if t <= block or t % block:
+        hidden, cache = model.extend(ids, valid, cache)
+        return hidden[:, -1], cache
+    longest = jnp.max(valid.sum(axis=1, dtype=jnp.int32))
+    first = (t - longest) // block
+    cache = dataclasses.replace(cache, end=cache.end + first * block)
+
+    def one_block(b, carry):
+        _, cache = carry
+        window = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=b * block,
+                                   slice_size=block, axis=1)
+        hidden, cache = model.extend(window(ids), window(valid), cache)
+        return hidden[:, -1].astype(last_hidden.dtype), cache
+
+    return jax.lax.fori_loop(first, t // block, one_block, (last_hidden, cache))
+
+
 def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Array,
            resume_rows: jax.Array, policy_len: jax.Array | None = None,
            retract: jax.Array | None = None, end_rows: jax.Array | None = None
@@ -115,7 +149,7 @@ def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Ar
             rank = jnp.arange(ids.shape[1])[None, :] - first[:, None]
             labels = jnp.where(valid & (rank < policy_len[:, None]), jnp.int8(TokenSource.POLICY),
                                labels)
-        hidden, cache = model.extend(ids, valid, state.cache)
+        last_hidden, cache = extend_in_blocks(model, ids, valid, state.cache, state.last_hidden)
         slot = state.cache.end
         has_tokens = valid.any(axis=1)
         state = dataclasses.replace(
@@ -125,7 +159,7 @@ def inject(model: Transformer, state: DecodeState, ids: jax.Array, valid: jax.Ar
             logprobs=_write(state.logprobs, jnp.zeros(ids.shape), slot),
             entropies=_write(state.entropies, jnp.zeros(ids.shape), slot),
             sources=_write(state.sources, labels, slot),
-            last_hidden=jnp.where(has_tokens[:, None], hidden[:, -1], state.last_hidden))
+            last_hidden=jnp.where(has_tokens[:, None], last_hidden, state.last_hidden))
     return dataclasses.replace(
         state,
         stop_state=jnp.where(resume_rows, ROOT, state.stop_state),

@@ -1,13 +1,12 @@
-"""The memory plan of the host-driven step, checked before the first step (docs/search.md).
+"""The memory plan of the train step, checked before the first step (docs/search.md).
 
 A real-search rollout holds `prompt bucket + max_new_tokens + max_turns × injection bucket`
-slots per row, and the learn program runs the model over all of them. Attention memory grows
-with the square of that width, so a config that trains comfortably in `self` mode can need
-ten times the memory in `real` mode (configs/tiny.py: 392 → 1,416 slots, 25 GB in one
-micro-batch). The plan takes the learn program's own buffer sizes from XLA (the compiled
-program the step then runs) and the rollout's decode state from `jax.eval_shape`, compares
-them with the memory free on the host or device, and refuses with the numbers and the field
-to change.
+slots per row, and the update runs the model over all of them. Attention memory grows with
+the square of that width, so a config that trains comfortably in `self` mode can need ten
+times the memory in `real` mode (configs/tiny.py: 392 → 1,416 slots, 25 GB in one
+micro-batch). The plan takes the compiled step's own buffer sizes from XLA (the program the
+run then runs) and the rollout's decode state from `jax.eval_shape`, compares them with the
+memory free on the host or device, and refuses with the numbers and the field to change.
 """
 
 from __future__ import annotations
@@ -16,22 +15,24 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MemoryPlan", "MemoryPlanError", "available_memory", "check_plan"]
+import jax
+
+__all__ = ["MemoryPlan", "MemoryPlanError", "available_memory", "check_plan", "plan_of_step"]
 
 GB = 1e9
 
 
 class MemoryPlanError(ValueError):
-    """The host-driven step cannot fit: what it needs, what is free, the field to change."""
+    """The train step cannot fit: what it needs, what is free, the field to change."""
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
     """Bytes the step needs beyond what is already held (parameters, optimizer state).
 
-    learn_temp / learn_new_outputs: per device, XLA's temporaries of the compiled learn program
-    and its outputs not aliased to donated inputs; rollout_state: the decode state (KV cache,
-    tokens, log-probs) per device, alive until the rollout's tokens are taken; devices_per_memory:
+    learn_temp / learn_new_outputs: per device, XLA's temporaries of the compiled step beyond
+    the rollout's decode state, and its outputs not aliased to donated inputs; rollout_state:
+    the decode state (KV cache, tokens, log-probs) per device; devices_per_memory:
     how many devices share the memory compared against (CPU devices all share the host's RAM).
     """
 
@@ -98,6 +99,22 @@ def available_memory(devices: Sequence[Any]) -> tuple[int | None, str]:
     return _host_available(), "available host RAM (MemAvailable)"
 
 
+def plan_of_step(stats: Any, decode_state: Any, *, micro_batches: int, mini_batches: int,
+                 mesh: Any) -> MemoryPlan:
+    """The plan of a compiled step from XLA's `memory_analysis()` (`stats`) and the abstract
+    decode state of its rollout ([rows, slots] tokens)."""
+    rows, slots = decode_state.tokens.shape
+    rollout = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(decode_state))
+    rollout //= mesh.size
+    return MemoryPlan(
+        rows=rows, slots=slots, micro_batches=micro_batches,
+        rows_per_micro_batch=rows // mini_batches // micro_batches,
+        learn_temp=max(stats.temp_size_in_bytes - rollout, 0),
+        learn_new_outputs=max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0),
+        rollout_state=rollout,
+        devices_per_memory=sum(d.platform == "cpu" for d in mesh.devices.flat) or 1)
+
+
 def check_plan(plan: MemoryPlan, *, available: int | None, where: str,
                rows_per_mini_batch: int) -> None:
     """Raises MemoryPlanError naming grpo.num_micro_batches (and a value that fits) when `plan`
@@ -117,7 +134,7 @@ def check_plan(plan: MemoryPlan, *, available: int | None, where: str,
     shared = (f" for its {plan.devices_per_memory} devices"
               if plan.devices_per_memory > 1 else "")
     raise MemoryPlanError(
-        f"config.grpo.num_micro_batches={plan.micro_batches}: the host-driven step needs about "
+        f"config.grpo.num_micro_batches={plan.micro_batches}: the step needs about "
         f"{plan.needed / GB:.1f} GB{shared} (per device: {plan.learn_temp / GB:.1f} GB of learn "
         f"temporaries for micro-batches of {plan.rows_per_micro_batch} of {plan.rows} responses × "
         f"{plan.slots} slots, {plan.rollout_state / GB:.2f} GB of rollout state), but the "

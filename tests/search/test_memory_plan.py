@@ -1,4 +1,4 @@
-"""The host-driven step's memory plan: refused up front with the numbers, or run."""
+"""The train step's memory plan: refused up front with the numbers, or run."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_refusal_names_the_numbers_and_a_micro_batch_count_that_fits():
     with pytest.raises(MemoryPlanError) as e:
         check_plan(plan(), available=8 * GB, where="available host RAM", rows_per_mini_batch=64)
     assert str(e.value) == (
-        "config.grpo.num_micro_batches=1: the host-driven step needs about 24.1 GB (per device: "
+        "config.grpo.num_micro_batches=1: the step needs about 24.1 GB (per device: "
         "24.0 GB of learn temporaries for micro-batches of 64 of 64 responses × 1416 slots, 0.10 GB "
         "of rollout state), but the available host RAM is 8.0 GB; set "
         "config.grpo.num_micro_batches=4 (about 6.1 GB)")
@@ -78,7 +78,7 @@ def test_tiny_real_search_in_one_micro_batch_is_refused_before_any_step(eight_gb
     with pytest.raises(tc.ConfigFieldError) as e:
         trainer.run(config, str(tmp_path / "run"), stop_after=1)
     message = str(e.value)
-    assert message.startswith("config.grpo.num_micro_batches=1: the host-driven step needs about ")
+    assert message.startswith("config.grpo.num_micro_batches=1: the step needs about ")
     assert re.search(r"micro-batches of 64 of 64 responses × \d+ slots", message), message
     assert "available host RAM (MemAvailable) is 8.0 GB; set config.grpo.num_micro_batches=" in message
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -11,9 +11,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from ssrl_jax import train_steps, trainer
+from ssrl_jax import trainer
 from ssrl_jax import train_config as tc
 from ssrl_jax.run_log import METRICS_FILE, SAMPLES_FILE
+from ssrl_jax.search.rollout import SearchPolicy
 from tests.search.search_model import write_searching_model
 
 COMPARED = ("reward", "exact_match", "loss", "kl", "grad_norm", "response_length",
@@ -113,5 +114,4 @@ def test_search_r1_config_validates():
     tc.validate(config)
     assert (config.rollout.mode, config.search.topk, config.search.max_info_tokens) == (
         "real", 3, 500)
-    assert train_steps.uses_host_step(config) and not train_steps.uses_host_step(
-        tc.default_config())
+    assert SearchPolicy.from_config(config).protocol == "search_r1"
