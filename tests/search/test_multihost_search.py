@@ -1,6 +1,7 @@
-"""Real-search training on a simulated 2-host cluster (2 JAX processes x 4 CPU devices on
-loopback, as tests/train/test_multihost.py): each host's retriever callback serves the rows it
-holds, and the run equals one process with 8 devices, search counts included."""
+"""Real-search training with TTRL rewards on a simulated 2-host cluster (2 JAX processes x 4
+CPU devices on loopback, as tests/train/test_multihost.py): each host's retriever callback
+serves the rows it holds, each host scores whole groups, and the run equals one process with
+8 devices, search counts included."""
 
 import json
 
@@ -10,7 +11,8 @@ import pytest
 from tests.search.search_model import write_searching_model
 from tests.train.test_multihost import _env, _finish, _metrics, _start_cluster
 
-COMPARED = ("reward", "exact_match", "loss", "kl", "grad_norm", "response_length",
+COMPARED = ("reward", "exact_match", "gold_exact_match", "loss", "kl", "grad_norm",
+            "response_length",
             "trained_tokens", "real_searches", "self_searches", "injected_tokens",
             "search_queries", "decode_steps")
 
@@ -22,20 +24,25 @@ def overrides(tmp_path_factory, server_url):
     rows = [("q1", "What is the capital of France?", ["Paris"]),
             ("q2", "Which river flows through Paris?", ["Seine"]),
             ("q3", "Where is the Louvre?", ["Paris"]),
-            ("q4", "What is the largest river?", ["Amazon"])]
+            ("q4", "What is the largest river?", ["Amazon"]),
+            ("q5", "Where is the Eiffel Tower?", ["Paris"]),
+            ("q6", "Which city hosted the 1896 Olympics?", ["Athens"]),
+            ("q7", "Which city is the capital of France?", ["Paris"]),
+            ("q8", "Which river is the longest?", ["Nile"])]
     data.write_text("".join(json.dumps({"id": i, "question": q, "golden_answers": g,
                                         "data_source": "nq"}) + "\n" for i, q, g in rows))
-    # 4 prompts x 2 responses = 8 rows, one per device of fsdp=8: each host holds 4 rows and
-    # its callbacks ask the retriever for those only.
+    # 8 prompts x 2 responses = 16 rows on fsdp=4 x tensor=2: each host holds 8 rows, and its
+    # retriever and scoring callbacks get 2 rows (one whole group) per device.
     return [f"--config.model.path={model}", "--config.model.tokenizer=",
             f"--config.data.train_files={data}", "--config.data.shuffle=false",
-            "--config.batch_size=4", "--config.rollout.group_size=2",
+            "--config.batch_size=8", "--config.rollout.group_size=2",
             "--config.rollout.max_new_tokens=40", "--config.rollout.mode=real",
+            "--config.grpo.reward=ttrl",
             f"--config.search.url={server_url}", "--config.search.topk=2",
             "--config.search.max_turns=2", "--config.search.max_info_tokens=24",
             "--config.total_steps=2", "--config.checkpoint.every_steps=1",
-            "--config.checkpoint.async_save=false", "--config.mesh.fsdp=8",
-            "--config.mesh.tensor=1"]
+            "--config.checkpoint.async_save=false", "--config.mesh.fsdp=4",
+            "--config.mesh.tensor=2"]
 
 
 @pytest.mark.slow
@@ -57,6 +64,9 @@ def test_two_hosts_search_their_own_rows_and_equal_one(tmp_path, overrides):
         for name in COMPARED:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5,
                                        err_msg=f"step {a['step']} {name}")
-    # Every response searched twice for real, and the retriever saw each query once: 8 rows
-    # x 2 searches, counted over both hosts.
-    assert got[0]["real_searches"] == 2.0 and got[0]["search_queries"] == 16.0
+    # Every response searched twice for real, and the retriever saw each query once: 16 rows
+    # x 2 searches, counted over both hosts. Each group agrees on Paris (TTRL's exact match 1),
+    # the golds on half the questions.
+    first = got[0]
+    assert first["real_searches"] == 2.0 and first["search_queries"] == 32.0
+    assert first["exact_match"] == 1.0 and first["gold_exact_match"] == 0.5
