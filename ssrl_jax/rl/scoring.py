@@ -102,7 +102,7 @@ def score_on_host(tokens: jax.Array, sources: jax.Array, golds: jax.Array, *,
         return jax.pure_callback(host, shapes, tok, src, gold)
 
     mesh = jax.sharding.get_abstract_mesh()
-    spec = scoring_spec(n, mesh, rules)
+    spec = scoring_spec(n, mesh, rules, group_size if group_reward else 1)
     if spec is None:
         return callback(tokens, sources, golds)
     shards = math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec))
@@ -117,13 +117,16 @@ def score_on_host(tokens: jax.Array, sources: jax.Array, golds: jax.Array, *,
 
 
 def scoring_spec(num_rows: int, mesh: jax.sharding.AbstractMesh | jax.sharding.Mesh,
-                 rules: ShardingRules | None) -> str | tuple[str, ...] | None:
+                 rules: ShardingRules | None, group_size: int = 1
+                 ) -> str | tuple[str, ...] | None:
     """The mesh axes the scoring callback splits `num_rows` responses over.
 
     The batch's own axes first (so each device scores a slice of what it already holds),
-    then every other mesh axis that still divides: rows replicated over `tensor` are
-    then scored by one device, hence one host, instead of once per tensor shard.
-    None: no mesh, score everything in one call.
+    then every other mesh axis that still divides into shards of whole groups of
+    `group_size` consecutive rows: rows replicated over `tensor` are then scored by one
+    device, hence one host, instead of once per tensor shard (a group reward keeps its groups
+    whole, and leaves an axis that would split them replicated). None: no mesh, score
+    everything in one call.
     """
     if mesh.empty or rules is None:
         return None
@@ -132,7 +135,8 @@ def scoring_spec(num_rows: int, mesh: jax.sharding.AbstractMesh | jax.sharding.M
         [batch_axes] if isinstance(batch_axes, str) else list(batch_axes))
     size = math.prod(mesh.shape[a] for a in axes)
     for axis in mesh.axis_names:
-        if axis not in axes and mesh.shape[axis] > 1 and num_rows % (size * mesh.shape[axis]) == 0:
+        shards = size * mesh.shape[axis]
+        if axis not in axes and mesh.shape[axis] > 1 and num_rows % (shards * group_size) == 0:
             axes.append(axis)
-            size *= mesh.shape[axis]
+            size = shards
     return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
