@@ -146,20 +146,9 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
                          RowCounters(searches, real, failed, dropped, entropy),
                          rounds=int(rounds), policy=policy, client=client, encode=encode,
                          token_bytes=token_bytes, byte_lengths=byte_lengths)
-        ids, valid, policy_len, retract = pack_injection(plan, width, pad_id)
-        counters = plan.counters
-        return (ids, valid, policy_len, retract, plan.resume, plan.asked,
-                *(np.asarray(c, np.int32) for c in counters[:4]),
-                np.asarray(counters.entropy, np.float32))
+        return turn_outputs(plan, plan.asked, width, pad_id)
 
-    def turn_callback(*args):
-        n = args[0].shape[0]
-        row = lambda dtype: jax.ShapeDtypeStruct((n,), dtype)  # noqa: E731
-        shapes = (jax.ShapeDtypeStruct((n, width), jnp.int32),
-                  jax.ShapeDtypeStruct((n, width), jnp.bool_), row(jnp.int32), row(jnp.bool_),
-                  row(jnp.bool_), row(jnp.bool_), *(row(jnp.int32) for _ in range(4)),
-                  row(jnp.float32))
-        return io_callback(host_turn, shapes, *args, ordered=False)
+    turn_callback = turn_io_callback(host_turn, width, int_counters=4)
 
     def rollout(model, ids, valid, keys) -> tuple[DecodeState, SearchCounters]:
         batch_rules = rules if rules is not None else (model.rules or ShardingRules())
@@ -216,6 +205,32 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
         return state, _counters(counters, turns, rounds, steps)
 
     return rollout
+
+
+def turn_outputs(plan: Any, flag: np.ndarray, width: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    """What a round's host callback returns for its plan (a `TurnPlan` or `SearchR1Plan`):
+    `pack_injection`'s arrays, resume, `flag` [N] bool, then the plan's counters (integer ones
+    as int32, the last, the query entropy, as fp32)."""
+    ids, valid, policy_len, retract = pack_injection(plan, width, pad_id)
+    *ints, entropy = plan.counters
+    return (ids, valid, policy_len, retract, plan.resume, flag,
+            *(np.asarray(c, np.int32) for c in ints), np.asarray(entropy, np.float32))
+
+
+def turn_io_callback(host_turn: Callable, width: int, int_counters: int) -> Callable:
+    """`host_turn` (returning `turn_outputs`, with `int_counters` integer counters) as an
+    `io_callback` over a shard of n rows: the retriever has side effects, so it runs exactly
+    once per round and shard."""
+    def callback(*args):
+        n = args[0].shape[0]
+        row = lambda dtype: jax.ShapeDtypeStruct((n,), dtype)  # noqa: E731
+        shapes = (jax.ShapeDtypeStruct((n, width), jnp.int32),
+                  jax.ShapeDtypeStruct((n, width), jnp.bool_), row(jnp.int32), row(jnp.bool_),
+                  row(jnp.bool_), row(jnp.bool_), *(row(jnp.int32) for _ in range(int_counters)),
+                  row(jnp.float32))
+        return io_callback(host_turn, shapes, *args, ordered=False)
+
+    return callback
 
 
 def _counters(rows: RowCounters, turns, rounds, steps) -> SearchCounters:

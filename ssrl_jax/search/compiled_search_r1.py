@@ -18,16 +18,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import io_callback
 
 from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.kv_windows import kv_windows
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.state import DecodeState
+from ssrl_jax.search.compiled_rollout import turn_io_callback, turn_outputs
 from ssrl_jax.search.rollout import SearchPolicy, _bucket_of, injection_width
 from ssrl_jax.search.search_r1_loop import (TURN_TAGS, SearchR1Counters, plan_search_r1_turn,
                                             turn_budget)
-from ssrl_jax.search.turn_plan import pack_injection
 from ssrl_jax.search.turns import CUT_ROOM
 from ssrl_jax.sharding import ShardingRules, constrain
 
@@ -59,20 +58,9 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
             first_decoded=int(first_decoded), steps=int(steps), max_new_tokens=max_new_tokens,
             policy=policy, client=client, encode=encode, token_bytes=token_bytes,
             byte_lengths=byte_lengths)
-        ids, valid, policy_len, retract = pack_injection(plan, width, pad_id)
-        counters = plan.counters
-        return (ids, valid, policy_len, retract, plan.resume, plan.ended,
-                *(np.asarray(c, np.int32) for c in counters[:5]),
-                np.asarray(counters.entropy, np.float32))
+        return turn_outputs(plan, plan.ended, width, pad_id)
 
-    def turn_callback(*args):
-        n = args[0].shape[0]
-        row = lambda dtype: jax.ShapeDtypeStruct((n,), dtype)  # noqa: E731
-        shapes = (jax.ShapeDtypeStruct((n, width), jnp.int32),
-                  jax.ShapeDtypeStruct((n, width), jnp.bool_), row(jnp.int32), row(jnp.bool_),
-                  row(jnp.bool_), row(jnp.bool_), *(row(jnp.int32) for _ in range(5)),
-                  row(jnp.float32))
-        return io_callback(host_turn, shapes, *args, ordered=False)
+    turn_callback = turn_io_callback(host_turn, width, int_counters=5)
 
     def rollout(model, ids, valid, keys):
         batch_rules = rules if rules is not None else (model.rules or ShardingRules())
