@@ -5,7 +5,8 @@
                              client=client)
     print(format_modes_table("NQ", {m: r.metrics for m, r in results.items()}))
 
-Each mode runs `ssrl_jax.search.rollout.search_rollout` (``self``: one pass, the model writes
+Each mode runs the compiled search rollout, the train step's program
+(`ssrl_jax.search.sampler_search.SamplerSearch`; ``self``: one pass, the model writes
 every ``<information>``; ``real``: the retriever answers every search up to ``max_turns``;
 ``first_k_real``: the first K; ``entropy_guided``: the first, then only when the query
 entropy rose). One response per question: greedy when ``settings.greedy``, else one sample
@@ -25,7 +26,8 @@ import numpy as np
 
 from ssrl_jax.data.qa import QARow
 from ssrl_jax.eval.scoring import Completion, EvalSettings, score_completion
-from ssrl_jax.search.rollout import MODES, SearchPolicy, search_rollout
+from ssrl_jax.search.rollout import MODES, SearchPolicy
+from ssrl_jax.search.sampler_search import SamplerSearch
 
 __all__ = ["ModeResult", "evaluate_modes", "format_modes_table", "mode_label", "parse_modes"]
 
@@ -99,7 +101,10 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
     per_call = min(settings.batch_size, len(rows))
     results = {}
     for mode in modes:
-        mode_policy = dataclasses.replace(policy, mode=mode)
+        search = SamplerSearch(sampler, policy=dataclasses.replace(policy, mode=mode),
+                               client=client, encode=encode,
+                               max_new_tokens=settings.max_new_tokens, sampling=sampling,
+                               stop_strings=settings.stop_strings)
         records: list[dict[str, Any]] = []
         started = time.perf_counter()
         for start in range(0, len(rows), per_call):
@@ -108,10 +113,7 @@ def evaluate_modes(sampler: Any, tokenizer: Any, rows: Sequence[QARow], settings
             batch = list(prompts[start:stop]) + [prompts[start]] * fill
             batch_keys = None if keys is None else keys[
                 np.concatenate([np.arange(start, stop), np.full(fill, start)])]
-            out = search_rollout(sampler, batch, policy=mode_policy, client=client,
-                                 encode=encode, max_new_tokens=settings.max_new_tokens,
-                                 sampling=sampling, keys=batch_keys, seed=settings.seed,
-                                 stop_strings=settings.stop_strings)
+            out = search(batch, keys=batch_keys, seed=settings.seed)
             for i, row_out in enumerate(row_outputs(out.state)[:stop - start]):
                 q = rows[start + i]
                 keep = (row_out.sources == TokenSource.POLICY) | (

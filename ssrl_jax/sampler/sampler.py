@@ -174,8 +174,8 @@ class Sampler:
         ids, valid = left_pad(prompts, prompt_len, self.pad_id)
         keys = row_keys(seed, len(prompts)) if keys is None else keys
         stop_next, stop_completed = self._device_stop_table(stop_strings)
-        with self._mesh_context():
-            return _generate(self.params, self._batch(ids), self._batch(valid), self._batch(keys),
+        with self.mesh_context():
+            return _generate(self.params, self.place_batch(ids), self.place_batch(valid), self.place_batch(keys),
                              stop_next, stop_completed, self._device_eos_ids(),
                              jnp.int32(max_new_tokens), graphdef=self.graphdef,
                              cache_len=cache_len, sampling=sampling, pad_id=self.pad_id,
@@ -234,10 +234,10 @@ class Sampler:
             raise ValueError(f"end_rows must have one flag per row ({batch}), "
                              f"got shape {end_rows.shape}")
         stop_next, stop_completed = self._device_stop_table(stop_strings)
-        with self._mesh_context():
-            return _resume(self.params, state, self._batch(ids), self._batch(valid),
-                           self._batch(resume_rows), self._batch(policy_len),
-                           self._batch(retract), self._batch(end_rows), stop_next,
+        with self.mesh_context():
+            return _resume(self.params, state, self.place_batch(ids), self.place_batch(valid),
+                           self.place_batch(resume_rows), self.place_batch(policy_len),
+                           self.place_batch(retract), self.place_batch(end_rows), stop_next,
                            stop_completed,
                            self._device_eos_ids(), jnp.int32(max_new_tokens),
                            graphdef=self.graphdef, sampling=sampling, pad_id=self.pad_id,
@@ -263,10 +263,12 @@ class Sampler:
         padded[:len(self.eos_ids)] = self.eos_ids
         return self._replicated(padded)
 
-    def _mesh_context(self):
+    def mesh_context(self):
+        """`jax.set_mesh` of the sampler's mesh (nothing without one), for programs over it."""
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
-    def _batch(self, x) -> jax.Array:
+    def place_batch(self, x) -> jax.Array:
+        """x [B, ...] (host array) on the device(s), rows split as the rules' `batch` axes."""
         if self.mesh is None:
             return jnp.asarray(x)
         axes = ("batch",) + (None,) * (np.ndim(x) - 1)

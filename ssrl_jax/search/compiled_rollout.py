@@ -57,13 +57,15 @@ from ssrl_jax.sampler.kv_windows import DEFAULT_KV_WINDOWS, kv_windows
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.state import DecodeState
 from ssrl_jax.sampler.stop import build_stop_table
-from ssrl_jax.search.rollout import (SearchPolicy, SearchRollout, injection_rounds,
+from ssrl_jax.search.rollout import (QueryRecord, SearchPolicy, SearchRollout, injection_rounds,
                                      injection_width, written_searches)
 from ssrl_jax.search.turn_plan import (RowCounters, pack_injection, plan_turn, search_stopped,
                                        still_searching)
 from ssrl_jax.sharding import ShardingRules, constrain
 
-__all__ = ["SearchCounters", "compiled_result", "make_compiled_search"]
+__all__ = ["QueryLog", "SearchCounters", "compiled_result", "make_compiled_search"]
+
+QueryHook = Callable[[np.ndarray, Sequence[QueryRecord | None]], None]
 
 
 @jax.tree_util.register_dataclass
@@ -94,7 +96,8 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
                          stop_strings: Sequence[str] = (),
                          inject_buckets: Sequence[int] | None = None, layer_loop: bool = False,
                          kv_windows_count: int = DEFAULT_KV_WINDOWS,
-                         rules: ShardingRules | None = None
+                         rules: ShardingRules | None = None,
+                         on_queries: QueryHook | None = None
                          ) -> Callable[..., tuple[DecodeState, SearchCounters]]:
     """Builds the traceable `rollout(model, ids, valid, keys) -> (DecodeState, SearchCounters)`.
 
@@ -110,7 +113,9 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
     -> ids without special tokens; token_bytes: [V] bytes per token id; stop_strings: extra
     stops that end a row (e.g. ``</answer>``); inject_buckets: the sampler's (None: default);
     layer_loop, kv_windows_count: as `Sampler`'s layer_loop / kv_windows; rules: the sharding
-    rules that place the batch (default the model's).
+    rules that place the batch (default the model's); on_queries: called on the host after
+    each round's decisions with (row ids [n] of the shard's rows in the batch, the rows'
+    `QueryRecord`s or None), e.g. a `QueryLog`'s `add`.
 
     Build and jit it once per run: the client and policy are baked into the program. Without
     a mesh (or when no mesh axis divides the rows) one callback serves every row. A
@@ -129,8 +134,8 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
             policy=policy, client=client, encode=encode, token_bytes=token_bytes,
             eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens, sampling=sampling,
             stop_strings=stop_strings, inject_buckets=inject_buckets, layer_loop=layer_loop,
-            kv_windows_count=kv_windows_count, rules=rules, stop_tables=_stop_tables,
-            per_shard=_per_shard, counters_of=_search_r1_counters)
+            kv_windows_count=kv_windows_count, rules=rules, on_queries=on_queries,
+            stop_tables=_stop_tables, per_shard=_per_shard, counters_of=_search_r1_counters)
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))
     searching_first = policy.real_limit > 0
     width = injection_width(policy, encode, inject_buckets)
@@ -140,12 +145,14 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
                                              token_bytes)
     eos = np.asarray(eos_ids, np.int32)
 
-    def host_turn(tokens, sources, entropies, finish, matched, searches, real, failed, dropped,
-                  entropy, rounds):
+    def host_turn(row_ids, tokens, sources, entropies, finish, matched, searches, real, failed,
+                  dropped, entropy, rounds):
         plan = plan_turn(tokens, sources, entropies, finish, matched,
                          RowCounters(searches, real, failed, dropped, entropy),
                          rounds=int(rounds), policy=policy, client=client, encode=encode,
                          token_bytes=token_bytes, byte_lengths=byte_lengths)
+        if on_queries is not None:
+            on_queries(row_ids, plan.records)
         return turn_outputs(plan, plan.asked, width, pad_id)
 
     turn_callback = turn_io_callback(host_turn, width, int_counters=4)
@@ -173,6 +180,7 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
             return state, _counters(counters, one, none, state.num_steps)
 
         on_shards = _per_shard(turn_callback, n, batch_rules)
+        row_ids = batch_row_ids(n, batch_rules)
         resume_windows = kv_windows(0, cache_len, kv_windows_count)
 
         def more(carry):
@@ -182,8 +190,8 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
 
         def round_(carry):
             state, counters, steps, turns, rounds, _ = carry
-            out = on_shards(state.tokens, state.sources, state.entropies, state.finish_reason,
-                            state.matched_stop, *counters, rounds)
+            out = on_shards(row_ids, state.tokens, state.sources, state.entropies,
+                            state.finish_reason, state.matched_stop, *counters, rounds)
             out = [constrain(x, ("batch",) + (None,) * (x.ndim - 1), batch_rules) for x in out]
             inject_ids, inject_valid, policy_len, retract, resume, asked = out[:6]
             counters = RowCounters(*out[6:])
@@ -205,6 +213,32 @@ def make_compiled_search(*, policy: SearchPolicy, client: Any, encode: Callable[
         return state, _counters(counters, turns, rounds, steps)
 
     return rollout
+
+
+def batch_row_ids(num_rows: int, rules: ShardingRules) -> jax.Array:
+    """int32 [N] 0..N-1 placed like the batch: a shard's callback gets its rows' indices."""
+    return constrain(jnp.arange(num_rows, dtype=jnp.int32), ("batch",), rules)
+
+
+class QueryLog:
+    """The searches of a compiled rollout's rows, collected on the host from its callbacks
+    (`make_compiled_search(on_queries=log.add)`). One host holds the records of the rows it
+    serves. Not thread-safe across rollouts: `start` one, run it, `take` its records."""
+
+    def __init__(self):
+        self._rows: list[list[QueryRecord]] = []
+
+    def start(self, num_rows: int) -> None:
+        self._rows = [[] for _ in range(num_rows)]
+
+    def add(self, row_ids: np.ndarray, records: Sequence[QueryRecord | None]) -> None:
+        for row, record in zip(np.asarray(row_ids).tolist(), records):
+            if record is not None:
+                self._rows[row].append(record)
+
+    def take(self) -> list[list[QueryRecord]]:
+        rows, self._rows = self._rows, []
+        return rows
 
 
 def turn_outputs(plan: Any, flag: np.ndarray, width: int, pad_id: int) -> tuple[np.ndarray, ...]:
@@ -287,10 +321,10 @@ def _per_shard(callback: Callable, num_rows: int, rules: ShardingRules) -> Calla
     return run
 
 
-def compiled_result(state: DecodeState, counters: SearchCounters,
-                    token_bytes: Sequence[bytes]) -> SearchRollout:
-    """The host view of a compiled rollout, as `search_rollout` returns it (queries are not
-    recorded: every row's list is empty)."""
+def compiled_result(state: DecodeState, counters: SearchCounters, token_bytes: Sequence[bytes],
+                    queries: list[list[QueryRecord]] | None = None) -> SearchRollout:
+    """The host view of a compiled rollout, as `search_rollout` returns it; queries: a
+    `QueryLog`'s records (None: every row's list is empty)."""
     real, failed, dropped, invalid = (
         np.asarray(jax.device_get(x), np.int64)
         for x in (counters.real, counters.failed, counters.dropped, counters.invalid))
@@ -299,5 +333,6 @@ def compiled_result(state: DecodeState, counters: SearchCounters,
     return SearchRollout(state=state, real_searches=real,
                          self_searches=np.maximum(written - real - failed - dropped, 0),
                          failed_searches=failed, dropped_searches=dropped,
-                         invalid_actions=invalid, queries=[[] for _ in range(n)],
+                         invalid_actions=invalid,
+                         queries=[[] for _ in range(n)] if queries is None else queries,
                          turns=int(counters.turns), decode_steps=int(counters.decode_steps))

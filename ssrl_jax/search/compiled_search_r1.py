@@ -23,7 +23,7 @@ from ssrl_jax.sampler import decode as decode_lib
 from ssrl_jax.sampler.kv_windows import kv_windows
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.sampler.state import DecodeState
-from ssrl_jax.search.compiled_rollout import turn_io_callback, turn_outputs
+from ssrl_jax.search.compiled_rollout import batch_row_ids, turn_io_callback, turn_outputs
 from ssrl_jax.search.rollout import SearchPolicy, _bucket_of, injection_width
 from ssrl_jax.search.search_r1_loop import (TURN_TAGS, SearchR1Counters, plan_search_r1_turn,
                                             turn_budget)
@@ -39,7 +39,7 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
                       max_new_tokens: int, sampling: SamplingConfig, stop_strings: Sequence[str],
                       inject_buckets: Sequence[int] | None, layer_loop: bool,
                       kv_windows_count: int, rules: ShardingRules | None,
-                      stop_tables: Callable, per_shard: Callable, counters_of: Callable
+                      on_queries: Callable | None, stop_tables: Callable, per_shard: Callable, counters_of: Callable
                       ) -> Callable[..., tuple[DecodeState, Any]]:
     """The traceable rollout (arguments and result as `make_compiled_search`'s)."""
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))
@@ -50,14 +50,16 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
     (table,) = stop_tables((stops,), token_bytes)
     eos = np.asarray(eos_ids, np.int32)
 
-    def host_turn(tokens, sources, entropies, finish, real, failed, invalid, actions, searches,
-                  entropy, ended, first_decoded, steps):
+    def host_turn(row_ids, tokens, sources, entropies, finish, real, failed, invalid, actions,
+                  searches, entropy, ended, first_decoded, steps):
         plan = plan_search_r1_turn(
             tokens, sources, entropies, finish,
             SearchR1Counters(real, failed, invalid, actions, searches, entropy), ended,
             first_decoded=int(first_decoded), steps=int(steps), max_new_tokens=max_new_tokens,
             policy=policy, client=client, encode=encode, token_bytes=token_bytes,
             byte_lengths=byte_lengths)
+        if on_queries is not None:
+            on_queries(row_ids, plan.records)
         return turn_outputs(plan, plan.ended, width, pad_id)
 
     turn_callback = turn_io_callback(host_turn, width, int_counters=5)
@@ -80,12 +82,14 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
         zeros = jnp.zeros((n,), jnp.int32)
         counters = SearchR1Counters(*(zeros,) * 5, jnp.zeros((n,), jnp.float32))
         on_shards = per_shard(turn_callback, n, batch_rules)
+        row_ids = batch_row_ids(n, batch_rules)
         resume_windows = kv_windows(0, cache_len, kv_windows_count)
 
         def round_(carry):
             state, counters, ended, steps, turns, _ = carry
-            out = on_shards(state.tokens, state.sources, state.entropies, state.finish_reason,
-                            *counters, ended, state.cache.end - state.num_steps, steps)
+            out = on_shards(row_ids, state.tokens, state.sources, state.entropies,
+                            state.finish_reason, *counters, ended,
+                            state.cache.end - state.num_steps, steps)
             out = [constrain(x, ("batch",) + (None,) * (x.ndim - 1), batch_rules) for x in out]
             inject_ids, inject_valid, policy_len, retract, resume, ended = out[:6]
             counters = SearchR1Counters(*out[6:])

@@ -1,4 +1,10 @@
-"""Multi-turn rollouts with a real retriever (SPEC §2, §7): a host-driven turn loop.
+"""Multi-turn search with a real retriever (SPEC §2, §7): the policy and a host-driven loop.
+
+Training and evaluation run these turns inside one compiled program
+(`compiled_rollout.make_compiled_search`; `sampler_search.SamplerSearch` on token-id prompts).
+`search_rollout` below is the same turns driven from Python through `Sampler.generate` /
+`Sampler.resume`: easy to step through, and the reference the compiled program is tested
+against (tests/search/test_compiled_rollout.py).
 
     policy = SearchPolicy(mode="entropy_guided", max_turns=2)
     out = search_rollout(sampler, prompts, policy=policy, client=client, encode=encode,

@@ -46,7 +46,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Collection, Sequence
@@ -58,7 +57,7 @@ from ssrl_jax.cli_errors import ArgumentParser, cli_main
 from ssrl_jax.protocol import INFO_PREFIX, INFO_SUFFIX, SEARCH_OPEN
 from ssrl_jax.search.client import format_documents
 from ssrl_jax.toyworld.corpus import documents, write_corpus
-from ssrl_jax.toyworld.trajectories import believed_world, sft_examples
+from ssrl_jax.toyworld.trajectories import sft_examples
 from ssrl_jax.toyworld.world import (Question, World, make_questions, make_world, practice_world,
                                      split_questions)
 

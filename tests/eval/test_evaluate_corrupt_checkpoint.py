@@ -12,7 +12,7 @@ from flax import nnx
 from ssrl_jax import checkpoints, evaluate
 from ssrl_jax.data.tiny_tokenizer import quickstart_tokenizer_path
 from ssrl_jax.models import ModelConfig, init_model
-from tests.eval.test_evaluate_cli import CONFIG, argv
+from tests.eval.test_evaluate_cli import argv
 from tests.helpers_checkpoint_faults import flip_byte, params_data_file
 
 MODEL = ModelConfig(family="llama", vocab_size=1024, hidden_size=32, intermediate_size=64,

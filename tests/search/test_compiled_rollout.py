@@ -5,7 +5,6 @@ the same rows and per-row keys, greedy and sampled, with and without a mesh."""
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.eval.selfsearch import load_for_eval
@@ -14,8 +13,9 @@ from ssrl_jax.sampler.buckets import bucket_length, left_pad
 from ssrl_jax.sampler.sampler import row_keys
 from ssrl_jax.search import compiled_rollout
 from ssrl_jax.search.client import SearchClient
-from ssrl_jax.search.compiled_rollout import compiled_result, make_compiled_search
+from ssrl_jax.search.compiled_rollout import make_compiled_search
 from ssrl_jax.search.rollout import SearchPolicy, rollout_cache_len, search_rollout
+from ssrl_jax.search.sampler_search import SamplerSearch
 from ssrl_jax.sharding import ShardingRules, make_mesh
 from tests.search.search_model import write_searching_model
 
@@ -60,23 +60,9 @@ def _host(sampler, tok, prompts, policy, client, sampling):
 
 
 def _compiled(sampler, tok, prompts, policy, client, sampling):
-    rollout = make_compiled_search(policy=policy, client=client, encode=_encoder(tok),
-                                   token_bytes=sampler.token_bytes, eos_ids=sampler.eos_ids,
-                                   pad_id=sampler.pad_id, max_new_tokens=MAX_NEW_TOKENS,
-                                   sampling=sampling, stop_strings=STOPS,
-                                   layer_loop=sampler.layer_loop,
-                                   kv_windows_count=sampler.kv_windows)
-    ids, valid = left_pad(prompts, bucket_length(max(map(len, prompts))), sampler.pad_id)
-    run = jax.jit(lambda params, ids, valid, keys:
-                  rollout(nnx.merge(sampler.graphdef, params), ids, valid, keys))
-    keys = row_keys(0, len(prompts))
-    if sampler.mesh is None:
-        state, counters = run(sampler.params, ids, valid, keys)
-    else:
-        with jax.set_mesh(sampler.mesh):
-            state, counters = run(sampler.params, sampler._batch(ids), sampler._batch(valid),
-                                  sampler._batch(keys))
-    return compiled_result(state, counters, sampler.token_bytes)
+    search = SamplerSearch(sampler, policy=policy, client=client, encode=_encoder(tok),
+                           max_new_tokens=MAX_NEW_TOKENS, sampling=sampling, stop_strings=STOPS)
+    return search(prompts, keys=row_keys(0, len(prompts)))
 
 
 def _assert_same(host, compiled):
@@ -90,10 +76,18 @@ def _assert_same(host, compiled):
                  "invalid_actions"):
         assert getattr(compiled, name).tolist() == getattr(host, name).tolist(), name
     assert (compiled.turns, compiled.decode_steps) == (host.turns, host.decode_steps)
+    # The queries, their entropies and outcomes, as the callbacks recorded them per row.
+    assert [[(q.query, q.outcome) for q in row] for row in compiled.queries] == \
+        [[(q.query, q.outcome) for q in row] for row in host.queries]
+    for c_row, h_row in zip(compiled.queries, host.queries):
+        np.testing.assert_allclose([q.entropy for q in c_row], [q.entropy for q in h_row],
+                                   atol=1e-5)
 
 
-CASES = [(mode, sampling) for sampling in ("greedy", "sampled")
-         for mode in ("real", "first_k_real", "entropy_guided")] + [("self", "greedy")]
+# Every mode greedy; sampled, the mode whose rows go real in different rounds (the decisions
+# themselves are `plan_turn`'s, shared with the host loop).
+CASES = [(mode, "greedy") for mode in ("real", "first_k_real", "entropy_guided", "self")] + [
+    ("entropy_guided", "sampled")]
 
 
 @pytest.mark.slow

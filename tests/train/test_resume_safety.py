@@ -2,7 +2,6 @@
 field, a corrupt latest step is quarantined (never deleted, no crash loop), redone steps do
 not duplicate metrics, and a diverging step stops the run without saving it."""
 
-import json
 import pathlib
 import shutil
 import subprocess
