@@ -160,22 +160,19 @@ class Sampler:
         prompt bucket + max_new_tokens. keys: per-row PRNG keys [B]; default
         `row_keys(seed, B)`.
         """
-        for i, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompts[{i}] is empty; every row needs at least one token")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        prompt_len = bucket_length(max(len(p) for p in prompts), self.prompt_buckets,
-                                   name="prompt_buckets")
+        ids, valid = self.pad_prompts(prompts)
+        prompt_len = ids.shape[1]
         cache_len = prompt_len + max_new_tokens if cache_len is None else cache_len
         if cache_len <= prompt_len:
             raise ValueError(f"cache_len={cache_len} leaves no room after the {prompt_len}-slot "
                              "prompt bucket")
-        ids, valid = left_pad(prompts, prompt_len, self.pad_id)
         keys = row_keys(seed, len(prompts)) if keys is None else keys
         stop_next, stop_completed = self._device_stop_table(stop_strings)
         with self.mesh_context():
-            return _generate(self.params, self.place_batch(ids), self.place_batch(valid), self.place_batch(keys),
+            return _generate(self.params, self.place_batch(ids), self.place_batch(valid),
+                             self.place_batch(keys),
                              stop_next, stop_completed, self._device_eos_ids(),
                              jnp.int32(max_new_tokens), graphdef=self.graphdef,
                              cache_len=cache_len, sampling=sampling, pad_id=self.pad_id,
@@ -262,6 +259,15 @@ class Sampler:
         padded = np.full((size,), -1, np.int32)  # -1 never equals a sampled token
         padded[:len(self.eos_ids)] = self.eos_ids
         return self._replicated(padded)
+
+    def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, valid) [B, L]: the prompts left-padded to their prompt bucket L."""
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompts[{i}] is empty; every row needs at least one token")
+        prompt_len = bucket_length(max(len(p) for p in prompts), self.prompt_buckets,
+                                   name="prompt_buckets")
+        return left_pad(prompts, prompt_len, self.pad_id)
 
     def mesh_context(self):
         """`jax.set_mesh` of the sampler's mesh (nothing without one), for programs over it."""

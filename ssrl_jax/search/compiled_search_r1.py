@@ -39,7 +39,8 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
                       max_new_tokens: int, sampling: SamplingConfig, stop_strings: Sequence[str],
                       inject_buckets: Sequence[int] | None, layer_loop: bool,
                       kv_windows_count: int, rules: ShardingRules | None,
-                      on_queries: Callable | None, stop_tables: Callable, per_shard: Callable, counters_of: Callable
+                      on_queries: Callable | None, stop_tables: Callable, per_shard: Callable,
+                      counters_of: Callable
                       ) -> Callable[..., tuple[DecodeState, Any]]:
     """The traceable rollout (arguments and result as `make_compiled_search`'s)."""
     byte_lengths = np.fromiter((len(b) for b in token_bytes), np.int64, len(token_bytes))

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 from flax import nnx
 
-from ssrl_jax.sampler.buckets import bucket_length, left_pad
 from ssrl_jax.sampler.sampler import Sampler, row_keys
 from ssrl_jax.sampler.sampling import SamplingConfig
 from ssrl_jax.search.compiled_rollout import QueryLog, compiled_result, make_compiled_search
@@ -57,17 +56,13 @@ class SamplerSearch:
                  seed: int = 0) -> SearchRollout:
         """prompts: N non-empty token-id lists; keys: per-row PRNG keys [N] (default
         `row_keys(seed, N)`). The state has `rollout_cache_len`'s slots."""
-        for i, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompts[{i}] is empty; every row needs at least one token")
         sampler = self.sampler
-        prompt_len = bucket_length(max(len(p) for p in prompts), sampler.prompt_buckets,
-                                   name="prompt_buckets")
-        ids, valid = left_pad(prompts, prompt_len, sampler.pad_id)
+        ids, valid = sampler.pad_prompts(prompts)
         keys = row_keys(seed, len(prompts)) if keys is None else keys
         self._log.start(len(prompts))
         with sampler.mesh_context():
             state, counters = self._run(sampler.params, sampler.place_batch(ids),
                                         sampler.place_batch(valid), sampler.place_batch(keys))
+            # Every callback has run once the outputs are ready: only then is the log complete.
             state, counters = jax.block_until_ready((state, counters))
         return compiled_result(state, counters, sampler.token_bytes, self._log.take())
