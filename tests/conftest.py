@@ -48,3 +48,21 @@ class CompileCounter:
 @pytest.fixture(scope="session")
 def compile_counter():
     return CompileCounter()
+
+
+# The files of the longest total run time (the durations of a CI run), started first: with
+# `--dist loadfile` each worker takes whole files in collection order, so a long file
+# collected last would leave one worker running it alone at the end.
+LONGEST_FIRST = (
+    "search/test_multihost_search.py", "train/test_multihost.py",
+    "search/test_compiled_rollout.py", "toyworld/test_toyworld_training.py",
+    "search/test_search_training.py", "search/test_memory_plan.py", "rl/test_step.py",
+    "train/test_trainer.py", "train/test_resume_safety.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the rest keep their order
