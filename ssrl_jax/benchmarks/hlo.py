@@ -28,7 +28,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|f16|bf16|f32|f64|f8\w*)\[([\d,]*)\]")
 _OPCODE = re.compile(r"=\s*(?:\([^=]*?\)|\S+)\s+([\w\-]+)\(")
 GATHER_OPCODES = ("all-gather", "all-gather-start")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
 
@@ -42,7 +42,7 @@ class Collective:
 
     @property
     def bytes(self) -> int:
-        return math.prod(self.shape) * _BYTES.get(self.dtype, 1)
+        return math.prod(self.shape) * DTYPE_BYTES.get(self.dtype, 1)
 
 
 def computations(hlo_text: str) -> dict[str, list[str]]:
@@ -155,7 +155,7 @@ class Transfer:
 
     @property
     def ici_bytes(self) -> float:
-        size, g = math.prod(self.shape) * _BYTES.get(self.dtype, 1), self.group_size
+        size, g = math.prod(self.shape) * DTYPE_BYTES.get(self.dtype, 1), self.group_size
         kind = self.opcode.removesuffix("-start")
         if kind == "collective-permute":
             return float(size)
@@ -192,7 +192,7 @@ def transfers(comps: dict[str, list[str]], num_devices: int) -> list[Transfer]:
                       for dtype, dims in _ARRAY.findall(result)]
             if not arrays:
                 continue
-            dtype, shape = max(arrays, key=lambda a: math.prod(a[1]) * _BYTES.get(a[0], 1))
+            dtype, shape = max(arrays, key=lambda a: math.prod(a[1]) * DTYPE_BYTES.get(a[0], 1))
             found.append(Transfer(opcode.group(1), dtype, shape, _group_size(line, num_devices)))
     return found
 

@@ -12,10 +12,15 @@ the decode loop runs once, and multiplies:
   (`Transformer.run_layers`) on the same inputs (a KV cache needs at least one layer);
 * windowed einsums are compiled off (`COMPILER_OPTIONS`), and every program is checked to
   hold no `while` loop but the decode loop;
-* decode step: one iteration of the rollout's decode loop (`sampler.decode.decode`, whose
-  body the analysis counts once) on all N rows of the step, with the bf16 weights in the
-  rollout's layout, at two cache sizes (the prompt bucket P and S = P + max_new_tokens):
-  cost(w) = a + b w in the slots w a step reads;
+* decode step: the body of the rollout's decode loop (`sampler.decode.decode`) on all N
+  rows of the step, with the bf16 weights in the rollout's layout, at two cache sizes (the
+  prompt bucket P and S = P + max_new_tokens): cost(w) = a + b w in the slots w a step
+  reads. A program holding one decode loop also pays, once, what XLA puts around the loop
+  (the cache and some weights copied into the loop's layouts and back), which the real
+  rollout pays once per loop, not at every step: the body is priced as a program of two
+  loops back to back minus the one-loop program, and what is left of the one-loop
+  program at S slots ("around the loop", scaled by depth: the copies are of per-layer
+  arrays) is charged once per KV window's loop;
 * prefill: the rollout's weight copy and `decode.prefill` of the N prompt rows;
 * update (`learn`, single-update configs): the step's `learn` on one micro-batch of
   N / K rows (K = num_micro_batches, log-prob chunk = the response length so that chunk
@@ -23,8 +28,10 @@ the decode loop runs once, and multiplies:
   update. The optimizer update is compiled alone too; update = K (learn - optimizer) +
   optimizer.
 
-FLOPs and HBM bytes are the compiled programs' `cost_analysis()` (per chip), plus the
-splash attention kernels' FLOPs, which the analysis cannot see (`hlo.splash_flops`). ICI
+FLOPs are the compiled programs' `cost_analysis()` (per chip), plus the splash attention
+kernels' FLOPs, which the analysis cannot see (`hlo.splash_flops`). HBM bytes are read from
+the compiled HLO (`hbm_traffic.hbm_bytes`: HBM buffers only; XLA's "bytes accessed" also
+counts the on-chip copies of weights and activations, and is kept as `xla_bytes`). ICI
 bytes are summed over the collectives of the compiled HLO (`hlo.transfers`). Every row
 is assumed to run all max_new_tokens decode steps (the worst case). The score stage
 (host callback) is not counted.
@@ -38,7 +45,7 @@ import re
 import time
 from typing import Any, Callable
 
-from ssrl_jax.benchmarks import hlo
+from ssrl_jax.benchmarks import hbm_traffic, hlo
 from ssrl_jax.benchmarks.roofline_model import (CHIPS, Chip, Cost, Seconds, extrapolate,
                                                 rollout_seconds, seconds)
 from ssrl_jax.cli_errors import UserError
@@ -89,8 +96,9 @@ def program_cost(compiled, num_devices: int, q_per_kv: int, head_dim: int, name:
     comps = hlo.computations(text)
     splash = hlo.splash_flops(comps, q_per_kv, head_dim)
     return Cost(flops=float(analysis.get("flops", 0.0)) + splash,
-                hbm_bytes=float(analysis.get("bytes accessed", 0.0)),
-                ici_bytes=sum(t.ici_bytes for t in hlo.transfers(comps, num_devices)))
+                hbm_bytes=hbm_traffic.hbm_bytes(text),
+                ici_bytes=sum(t.ici_bytes for t in hlo.transfers(comps, num_devices)),
+                xla_bytes=float(analysis.get("bytes accessed", 0.0)))
 
 
 @dataclasses.dataclass
@@ -101,11 +109,12 @@ class Programs:
     slots: int
     learn: Cost
     optimizer: Cost
-    # Rollout programs (compiled for the 1-layer model only): a decode step at P and S
-    # slots, the prefill, and the model's layer scan alone (`Transformer.run_layers`) in
+    # Rollout programs (compiled for the 1-layer model only): a decode loop's body at P and
+    # S slots, the prefill, and the model's layer scan alone (`Transformer.run_layers`) in
     # each of them, which with one layer is the cost of one more layer.
     decode_at_prompt: Cost | None = None
     decode_at_full: Cost | None = None
+    decode_around: Cost | None = None   # at S slots: what runs once around a decode loop
     prefill: Cost | None = None
     layer_at_prompt: Cost | None = None
     layer_at_full: Cost | None = None
@@ -179,6 +188,16 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
                                  max_new_tokens=jnp.int32(sc.max_new_tokens),
                                  pad_id=sc.pad_id)
 
+    def two_decode_loops(params, state):
+        return one_decode_step(params, one_decode_step(params, state))
+
+    def decode_loop(cache_len: int) -> tuple[Cost, Cost]:
+        """(one iteration of the decode loop, what runs once around the loop)."""
+        state = decode_state(rows, cache_len)
+        one_loop = cost_of(one_decode_step, decode_params, state, donate=(1,), loops=1)
+        body = cost_of(two_decode_loops, decode_params, state, donate=(1,), loops=2) - one_loop
+        return body, one_loop - body
+
     def prefill(params, batch, key):
         # The first half of the step's rollout (rl/step.py make_step_parts.rollout).
         layout_rules = rules if sc.weight_layout == "decode" else None
@@ -235,12 +254,12 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         optimizer=cost_of(optimizer_update, grads, inputs.opt_state, inputs.params))
     if not rollout:
         return programs
+    full_body, around = decode_loop(slots)
     return dataclasses.replace(
         programs,
-        decode_at_prompt=cost_of(one_decode_step, decode_params, decode_state(rows, prompt_len),
-                                 donate=(1,), loops=1),
-        decode_at_full=cost_of(one_decode_step, decode_params, decode_state(rows, slots),
-                               donate=(1,), loops=1),
+        decode_at_prompt=decode_loop(prompt_len)[0],
+        decode_at_full=full_body,
+        decode_around=around,
         prefill=cost_of(prefill, inputs.params, inputs.batch, inputs.key),
         layer_at_prompt=layer_cost(1, prompt_len, prefill=False),
         layer_at_full=layer_cost(1, slots, prefill=False),
@@ -266,6 +285,7 @@ class StepCosts:
     num_micro_batches: int
     decode_fixed: Cost      # a of a decode step's cost(w) = a + b w, w the slots it reads
     decode_per_slot: Cost   # b
+    decode_around: Cost     # once per decode loop (layout copies in and out)
     prefill: Cost
     micro_batch: Cost       # one micro-batch of the update, optimizer excluded
     optimizer: Cost
@@ -313,13 +333,14 @@ class RooflinePlan:
                  for name in ("prefill", "decode", "rollout", "micro_batch", "optimizer",
                               "update")}
         fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
-                  if f.name not in ("chip", "decode_fixed", "decode_per_slot", "prefill",
-                                    "micro_batch", "optimizer")}
+                  if f.name not in ("chip", "decode_fixed", "decode_per_slot", "decode_around",
+                                    "prefill", "micro_batch", "optimizer")}
         return json.dumps({
             **fields, "chip": dataclasses.asdict(c.chip), "formula": FORMULA,
             "slots_read": self.slots_read,
             "decode_step_fit": {"a": dataclasses.asdict(c.decode_fixed),
                                 "b_per_slot": dataclasses.asdict(c.decode_per_slot)},
+            "decode_around_loop": dataclasses.asdict(c.decode_around),
             **parts, "total_seconds": self.total_seconds,
             "rollout_share": self.rollout.seconds.total / self.total_seconds})
 
@@ -342,7 +363,10 @@ class RooflinePlan:
             f"{c.compile_s:.0f} s of compiling",
             f"  decode step per chip: {a.flops / 1e9:.2f} GFLOP + {b.flops / 1e6:.3f} MFLOP "
             f"per slot read, {a.hbm_bytes / 1e9:.3f} GB + {b.hbm_bytes / 1e6:.3f} MB per slot "
-            f"HBM, {a.ici_bytes / 1e6:.2f} MB ICI",
+            f"HBM (XLA's bytes accessed: {a.xla_bytes / 1e9:.3f} GB + "
+            f"{b.xla_bytes / 1e6:.3f} MB), {a.ici_bytes / 1e6:.2f} MB ICI; once around each of its "
+            f"{max(len(c.windows), 1)} decode loops: {c.decode_around.hbm_bytes / 1e9:.3f} GB "
+            "HBM",
             f"  {'part (per chip)':24s} {'TFLOP':>10s} {'HBM GB':>10s} {'ICI GB':>9s} "
             f"{'seconds':>9s}  bound",
             row("rollout: prefill", self.prefill),
@@ -396,7 +420,8 @@ def measure(config_path: str, overrides: list[str] = (), topology: str = "v5p:4x
         mesh=dict(mesh.shape), rows=config.batch_size * config.rollout.group_size,
         prompt_len=prompt_len, slots=slots, decode_steps=config.rollout.max_new_tokens,
         num_micro_batches=g.num_micro_batches, decode_fixed=at_prompt - per_slot * prompt_len,
-        decode_per_slot=per_slot, prefill=deeper("prefill", "prefill_layer"),
+        decode_per_slot=per_slot, decode_around=one.decode_around * depth,
+        prefill=deeper("prefill", "prefill_layer"),
         micro_batch=extrapolate(zero.learn, one.learn, depth) - optimizer,
         optimizer=optimizer, compile_s=compile_s,
         windows=kv_windows(prompt_len, slots, config.rollout.kv_windows))
@@ -415,6 +440,9 @@ def estimate(costs: StepCosts, slots_read: Callable[[int], int] | None = None,
         slots_read, schedule = (lambda step: costs.slots), f"all {costs.slots} slots"
     prefill_s, decode_s, decode_cost = rollout_seconds(
         costs.prefill, costs.decode_step, slots_read, costs.decode_steps, chip)
+    loops = max(len(costs.windows), 1)  # one decode loop per KV window
+    decode_s = decode_s + seconds(costs.decode_around, chip) * loops
+    decode_cost = decode_cost + costs.decode_around * loops
     k = costs.num_micro_batches
     micro, optimizer = seconds(costs.micro_batch, chip), seconds(costs.optimizer, chip)
     return RooflinePlan(

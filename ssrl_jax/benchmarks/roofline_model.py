@@ -41,21 +41,24 @@ CHIPS = {
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-    """Per-chip work of a program: FLOPs, HBM bytes accessed, ICI bytes sent or received."""
+    """Per-chip work of a program: FLOPs, HBM bytes moved, ICI bytes sent or received, and
+    for comparison XLA's own "bytes accessed", which also counts on-chip copies
+    (`hbm_traffic.py`)."""
 
     flops: float = 0.0
     hbm_bytes: float = 0.0
     ici_bytes: float = 0.0
+    xla_bytes: float = 0.0
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.flops + other.flops, self.hbm_bytes + other.hbm_bytes,
-                    self.ici_bytes + other.ici_bytes)
+        return Cost(*(getattr(self, f.name) + getattr(other, f.name)
+                      for f in dataclasses.fields(self)))
 
     def __sub__(self, other: "Cost") -> "Cost":
         return self + other * -1.0
 
     def __mul__(self, factor: float) -> "Cost":
-        return Cost(self.flops * factor, self.hbm_bytes * factor, self.ici_bytes * factor)
+        return Cost(*(getattr(self, f.name) * factor for f in dataclasses.fields(self)))
 
     __rmul__ = __mul__
 
