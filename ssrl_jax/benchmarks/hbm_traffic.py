@@ -9,12 +9,14 @@ bound by HBM, so that count would triple its cost. Here, instead, per op outside
 bodies:
 
 * only buffers in HBM count (a layout with no `S(n)`, n >= 1);
-* a `dynamic-update-slice`, alone or as a fusion's root over a fusion parameter, updates
-  its buffer in place: only the update is written (the KV cache's new slot);
+* a `dynamic-update-slice`, alone or as a fusion's root (or an element of a root tuple)
+  over a fusion parameter, updates its buffer in place: only the update is written (the
+  KV cache's new slot);
 * a fusion parameter that the fusion only slices (`dynamic-slice`, `slice`, `gather`:
   one layer of stacked weights, the embedding rows of the batch's tokens) costs its
   slices, not the whole array;
-* `copy-start` reads its source (the destination is the on-chip copy);
+* `copy-start` reads its source (the destination is the on-chip copy); `slice-start`
+  reads its slice (a chunk of a weight streamed on chip);
 * bookkeeping ops (parameters, tuples, bitcasts, the `-done` halves of async ops) and
   control flow (`while`, `conditional`, `call`: their computations are counted instead)
   move nothing.
@@ -41,7 +43,7 @@ MOVES_NOTHING = frozenset((
     "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
     "opt-barrier", "partition-id", "replica-id", "iota", "while", "conditional", "call",
     "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
-    "async-done", "send-done", "recv-done"))
+    "async-done", "send-done", "recv-done", "slice-done"))
 SLICES = frozenset(("dynamic-slice", "slice", "gather"))
 
 
@@ -58,9 +60,23 @@ class Instruction:
 
 def hbm_size(type_text: str) -> int:
     """Bytes of the arrays in a type text that live in HBM."""
-    return sum(math.prod(int(d) for d in dims.split(",") if d) * DTYPE_BYTES[dtype]
-               for dtype, dims, layout in _ARRAY.findall(type_text)
+    return sum(_size(dtype, dims) for dtype, dims, layout in _ARRAY.findall(type_text)
                if not (layout and _ON_CHIP.search(layout)))
+
+
+def _size(dtype: str, dims: str) -> int:
+    return math.prod(int(d) for d in dims.split(",") if d) * DTYPE_BYTES[dtype]
+
+
+def _tuple_elements(type_text: str) -> list[str]:
+    """The top-level elements of a tuple type text."""
+    depth, start, out = 0, 1, []
+    for i, char in enumerate(type_text):
+        depth += {"(": 1, "{": 1, ")": -1, "}": -1}.get(char, 0)
+        if (char == "," and depth == 1) or (char == ")" and depth == 0):
+            out.append(type_text[start:i].strip())
+            start = i + 1
+    return out
 
 
 def parse(lines: list[str]) -> list[Instruction]:
@@ -96,7 +112,8 @@ def _fusion_traffic(body: list[Instruction], operand_sizes: list[int], result_si
     for instruction in body:
         for operand in instruction.operands:
             users.setdefault(operand, []).append(instruction)
-    in_place = root.opcode == "dynamic-update-slice"
+    outputs = [by_name[o] for o in root.operands] if root.opcode == "tuple" else [root]
+    updated = {o.operands[0]: o for o in outputs if o.opcode == "dynamic-update-slice"}
     reads = list(operand_sizes)
     for instruction in body:
         if instruction.opcode != "parameter":
@@ -108,12 +125,16 @@ def _fusion_traffic(body: list[Instruction], operand_sizes: list[int], result_si
         if used_by and all(u.opcode in SLICES and u.operands[0] == instruction.name
                            for u in used_by):
             reads[index] = sum(hbm_size(u.result) for u in used_by)
-        elif in_place and root.operands[0] == instruction.name and len(used_by) == 1:
+        elif instruction.name in updated and len(used_by) == 1:
             reads[index] = 0
-    if in_place:
-        update = by_name.get(root.operands[1])
-        result_size = hbm_size(update.result) if update else result_size
-    return sum(reads) + result_size
+    written = 0
+    for output in outputs:
+        if output.opcode == "dynamic-update-slice" and output.operands[0] in by_name and \
+                by_name[output.operands[0]].opcode == "parameter":
+            written += hbm_size(by_name[output.operands[1]].result)
+        else:
+            written += hbm_size(output.result)
+    return sum(reads) + (written if updated else result_size)
 
 
 def hbm_bytes(hlo_text: str) -> float:
@@ -143,6 +164,9 @@ def hbm_bytes(hlo_text: str) -> float:
                 total += 2 * (operands[1] if len(operands) > 1 else 0)
             elif instruction.opcode == "copy-start":
                 total += operands[0] + hbm_size(_first_array(instruction.result))
+            elif instruction.opcode == "slice-start":
+                chunk = _tuple_elements(instruction.result)[1]
+                total += sum(_size(d, s) for d, s, _ in _ARRAY.findall(chunk)) + hbm_size(chunk)
             elif instruction.opcode in SLICES:
                 total += 2 * result + sum(operands[1:])
             else:

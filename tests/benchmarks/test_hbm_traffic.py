@@ -61,6 +61,45 @@ def test_prefetched_weights_sliced_layers_and_in_place_updates():
     assert hbm_bytes(PROGRAM) == matmul + layer + slot
 
 
+# v6e's forms of the same things: K and V updated in place by one two-output fusion, and a
+# 4 MiB chunk of a 16 MiB weight streamed on chip by an async slice.
+PROGRAM_V6E = """HloModule jit_g, is_scheduled=true
+%write_kv (param_0: bf16[256,32768], param_1: s32[], param_2: bf16[1,32768], param_3: bf16[256,32768], param_4: bf16[1,32768]) -> (bf16[256,32768], bf16[256,32768]) {
+  %param_0 = bf16[256,32768]{1,0:T(8,128)(2,1)} parameter(0)
+  %param_2 = bf16[1,32768]{1,0:T(8,128)(2,1)S(1)} parameter(2)
+  %copy.1 = bf16[1,32768]{1,0:T(8,128)(2,1)} copy(%param_2)
+  %param_1 = s32[]{:T(128)S(6)} parameter(1)
+  %constant.3 = s32[]{:T(128)} constant(0)
+  %dynamic-update-slice.1 = bf16[256,32768]{1,0:T(8,128)(2,1)} dynamic-update-slice(%param_0, %copy.1, %param_1, %constant.3)
+  %param_3 = bf16[256,32768]{1,0:T(8,128)(2,1)} parameter(3)
+  %param_4 = bf16[1,32768]{1,0:T(8,128)(2,1)S(1)} parameter(4)
+  %copy.2 = bf16[1,32768]{1,0:T(8,128)(2,1)} copy(%param_4)
+  %dynamic-update-slice.2 = bf16[256,32768]{1,0:T(8,128)(2,1)} dynamic-update-slice(%param_3, %copy.2, %param_1, %constant.3)
+  ROOT %tuple.1 = (bf16[256,32768]{1,0:T(8,128)(2,1)}, bf16[256,32768]{1,0:T(8,128)(2,1)}) tuple(%dynamic-update-slice.1, %dynamic-update-slice.2)
+}
+ENTRY %main (k: bf16[256,32768], v: bf16[256,32768], i: s32[], nk: bf16[1,32768], nv: bf16[1,32768], w: s8[16777216]) -> (bf16[256,32768], bf16[256,32768], s8[4194304]) {
+  %k = bf16[256,32768]{1,0:T(8,128)(2,1)} parameter(0)
+  %v = bf16[256,32768]{1,0:T(8,128)(2,1)} parameter(1)
+  %i = s32[]{:T(128)S(6)} parameter(2)
+  %nk = bf16[1,32768]{1,0:T(8,128)(2,1)S(1)} parameter(3)
+  %nv = bf16[1,32768]{1,0:T(8,128)(2,1)S(1)} parameter(4)
+  %fusion = (bf16[256,32768]{1,0:T(8,128)(2,1)}, bf16[256,32768]{1,0:T(8,128)(2,1)}) fusion(%k, %i, %nk, %v, %nv), kind=kLoop, calls=%write_kv
+  %gte.0 = bf16[256,32768]{1,0:T(8,128)(2,1)} get-tuple-element(%fusion), index=0
+  %gte.1 = bf16[256,32768]{1,0:T(8,128)(2,1)} get-tuple-element(%fusion), index=1
+  %w = s8[16777216]{0:T(1024)(128)(4,1)} parameter(5)
+  %slice-start = ((s8[16777216]{0:T(1024)(128)(4,1)}), s8[4194304]{0:T(1024)(128)(4,1)S(1)}, s32[]{:S(2)}) slice-start(%w), slice={[0:4194304]}
+  %slice-done = s8[4194304]{0:T(1024)(128)(4,1)S(1)} slice-done(%slice-start)
+  ROOT %tuple = (bf16[256,32768]{1,0:T(8,128)(2,1)}, bf16[256,32768]{1,0:T(8,128)(2,1)}, s8[4194304]{0:T(1024)(128)(4,1)S(1)}) tuple(%gte.0, %gte.1, %slice-done)
+}
+"""
+
+
+def test_a_two_output_in_place_update_and_a_streamed_chunk():
+    # K and V: each slot written once (the updates and the index are on chip); the chunk
+    # read once.
+    assert hbm_bytes(PROGRAM_V6E) == 2 * 64 * 1024 + 4 * MB
+
+
 def test_a_loop_body_is_counted_once():
     body = PROGRAM.replace("ENTRY %main", "%body")
     loop = body + """ENTRY %main2 (p: (bf16[8,1024])) -> (bf16[8,1024]) {
