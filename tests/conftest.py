@@ -51,14 +51,20 @@ def compile_counter():
 
 
 # The files of the longest total run time (the durations of a CI run), started first: with
-# `--dist loadfile` each worker takes whole files in collection order, so a long file
-# collected last would leave one worker running it alone at the end.
+# `--dist loadfile` each worker takes whole files, and xdist would otherwise order them by
+# their number of tests, which put the multi-host files (few tests, minutes each) last,
+# one worker running them alone at the end.
 LONGEST_FIRST = (
     "search/test_multihost_search.py", "train/test_multihost.py",
     "search/test_compiled_rollout.py", "toyworld/test_toyworld_training.py",
     "search/test_search_training.py", "search/test_memory_plan.py", "rl/test_step.py",
     "train/test_trainer.py", "train/test_resume_safety.py",
 )
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist's --no-loadscope-reorder
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
