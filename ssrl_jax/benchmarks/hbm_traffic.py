@@ -97,15 +97,10 @@ def parse(lines: list[str]) -> list[Instruction]:
     return found
 
 
-def _first_array(type_text: str) -> str:
-    """A tuple's first element (`copy-start` -> its destination); an array as it is."""
-    return _ARRAY.search(type_text).group(0) if type_text.startswith("(") else type_text
-
-
 def _fusion_traffic(body: list[Instruction], operand_sizes: list[int], result_size: int
                     ) -> int:
     """HBM bytes of one fusion: its operands as read (whole, sliced, or updated in place)
-    plus its result (or only the update of an in-place dynamic-update-slice root)."""
+    plus its results (only the update of each in-place dynamic-update-slice output)."""
     by_name = {i.name: i for i in body}
     root = next(i for i in body if i.is_root)
     users: dict[str, list[Instruction]] = {}
@@ -163,7 +158,8 @@ def hbm_bytes(hlo_text: str) -> float:
             elif instruction.opcode == "dynamic-update-slice":
                 total += 2 * (operands[1] if len(operands) > 1 else 0)
             elif instruction.opcode == "copy-start":
-                total += operands[0] + hbm_size(_first_array(instruction.result))
+                destination = _tuple_elements(instruction.result)[0]
+                total += operands[0] + hbm_size(destination)
             elif instruction.opcode == "slice-start":
                 chunk = _tuple_elements(instruction.result)[1]
                 total += sum(_size(d, s) for d, s, _ in _ARRAY.findall(chunk)) + hbm_size(chunk)
