@@ -6,7 +6,9 @@ G = H // K, Dh head dim, F MLP width.
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -80,11 +82,39 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(dh)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = _masked_softmax(scores, mask, dh).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
+
+
+def attention_over_chunks(q: jax.Array, k_chunks: Sequence[jax.Array],
+                          v_chunks: Sequence[jax.Array], mask: jax.Array) -> jax.Array:
+    """`attention` over a cache held as consecutive chunks of slots, heads before slots.
+
+    q: [B, T, H, Dh]; k_chunks[i], v_chunks[i]: [B, K, C_i, Dh], slots in order, S = sum
+    C_i; mask: [B, T, S] -> [B, T, H, Dh] in q.dtype. Each chunk feeds its own batched
+    matmuls as it lies in memory: XLA:CPU copies a [B, S, K, Dh] cache transposed, and a
+    slice of any cache, before a batched matmul can read it.
+    """
+    b, t, h, dh = q.shape
+    kv_heads = k_chunks[0].shape[1]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
+    scores = jnp.concatenate([jnp.einsum("btkgd,bksd->bkgts", q, k,
+                                         preferred_element_type=jnp.float32)
+                              for k in k_chunks], axis=-1)
+    probs = _masked_softmax(scores, mask, dh).astype(v_chunks[0].dtype)
+    edges = list(itertools.accumulate(v.shape[2] for v in v_chunks))
+    out = sum(jnp.einsum("bkgts,bksd->bkgtd", probs[..., start:end], v,
+                         preferred_element_type=jnp.float32)
+              for start, end, v in zip([0] + edges, edges, v_chunks))
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh).astype(q.dtype)
+
+
+def _masked_softmax(scores: jax.Array, mask: jax.Array, head_dim: int) -> jax.Array:
+    """Scaled, masked softmax. scores: [B, K, G, T, S] fp32, mask: [B, T, S] -> same shape."""
+    scores = scores / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    return jax.nn.softmax(scores, axis=-1)
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:

@@ -260,11 +260,12 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cach
                    kv_len: int | None = None):
     """One pre-norm decoder block. x: [B, T, D].
 
-    layer = (params, kv) with kv one of: None (no cache); (k, v) this layer's cache
-    [B, S, K, Dh]; (k_all, v_all, index) the stacked caches [L, B, S, K, Dh] and this
-    layer's index. The new keys/values are written at slot `cache_end`; the updated
-    cache comes back in the same form ((k, v) or (k_all, v_all)). Attention reads the
-    cache's first `kv_len` slots (static; default all).
+    layer = (params, kv) with kv one of: None (no cache); (k_all, v_all, index) the stacked
+    caches [L, B, S, K, Dh] and this layer's index; or a layer cache of another layout
+    with a method `attend(q, k, v, *, mask, cache_end, kv_len) -> (out, new cache)` (the
+    CPU decode loop's, `sampler/layer_loop.py`). The new keys/values are written at slot
+    `cache_end`; the updated cache comes back as (k_all, v_all) or the new layer cache.
+    Attention reads the cache's first `kv_len` slots (static; default all).
     """
     params, kv = layer
     dtype = jnp.dtype(config.dtype)
@@ -283,30 +284,11 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cach
         k = layers.rms_norm(k, p["k_norm"], eps)
     q = constrain(layers.apply_rope(q, positions, inv_freq), ("batch", None, "act_heads", None), rules)
     k = layers.apply_rope(k, positions, inv_freq)
-    new_k, new_v = k, v
-    new_cache = None
-    if kv is not None and len(kv) == 3:
-        k_all, v_all, index = kv
-        start = (index, 0, cache_end, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-        k = jax.lax.dynamic_index_in_dim(k_all, index, keepdims=False)
-        v = jax.lax.dynamic_index_in_dim(v_all, index, keepdims=False)
-        new_cache = (k_all, v_all)
-    elif kv is not None:
-        k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, cache_end, 0, 0))
-        v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, cache_end, 0, 0))
-        new_cache = (k, v)
-    if kv_len is not None:
-        k, v = k[:, :kv_len], v[:, :kv_len]
-    k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
-    v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
-    if isinstance(mask, splash.Segments):
-        if mask.new_tokens_only:  # a prefill: the cache held nothing before these tokens
-            k, v = new_k, new_v
-        out = splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids, rules)
+    if hasattr(kv, "attend"):
+        out, new_cache = kv.attend(q, k, v, mask=mask, cache_end=cache_end, kv_len=kv_len)
     else:
-        out = layers.attention(q, k.astype(dtype), v.astype(dtype), mask)
+        out, new_cache = _attend_stacked(q, k, v, kv, mask=mask, cache_end=cache_end,
+                                         kv_len=kv_len, dtype=dtype, rules=rules)
     x = x + jnp.einsum("bthk,hkd->btd", out, p["wo"])
     x = constrain(x, ("batch", None, None), rules)
 
@@ -314,3 +296,28 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cach
     x = x + layers.swiglu(h, p["w_gate"], p["w_up"], p["w_down"])
     x = constrain(x, ("batch", None, None), rules)
     return x, new_cache
+
+
+def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
+    """`decoder_layer`'s attention with no cache (kv None) or the stacked caches
+    (k_all, v_all, index). q: [B, T, H, Dh], k, v: [B, T, K, Dh] (the new tokens')."""
+    new_k, new_v = k, v
+    new_cache = None
+    if kv is not None:
+        k_all, v_all, index = kv
+        start = (index, 0, cache_end, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+        k = jax.lax.dynamic_index_in_dim(k_all, index, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(v_all, index, keepdims=False)
+        new_cache = (k_all, v_all)
+    if kv_len is not None:
+        k, v = k[:, :kv_len], v[:, :kv_len]
+    k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
+    v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
+    if isinstance(mask, splash.Segments):
+        if mask.new_tokens_only:  # a prefill: the cache held nothing before these tokens
+            k, v = new_k, new_v
+        return splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids,
+                                       rules), new_cache
+    return layers.attention(q, k.astype(dtype), v.astype(dtype), mask), new_cache

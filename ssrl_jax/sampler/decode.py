@@ -187,16 +187,17 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
     caches, see there) instead of the model's layer scan; the results are the same.
     """
     limit = jnp.minimum(state.cache.end + max_new_tokens, state.cache.max_len)
-    if layer_loop:
-        params = layer_loop_lib.layer_params(model)
-        extend = functools.partial(layer_loop_lib.extend, model, params)
-        state = dataclasses.replace(state, cache=layer_loop_lib.split_cache(state.cache))
-    else:
-        extend = model.extend
     windows = tuple(windows or (state.cache.max_len,))
     if windows[-1] != state.cache.max_len or list(windows) != sorted(set(windows)):
         raise ValueError(f"decode: windows {windows} must ascend and end at the cache length "
                          f"{state.cache.max_len}")
+    if layer_loop:
+        params = layer_loop_lib.layer_params(model)
+        extend = functools.partial(layer_loop_lib.extend, model, params)
+        state = dataclasses.replace(state,
+                                    cache=layer_loop_lib.split_cache(state.cache, windows))
+    else:
+        extend = model.extend
 
     def running(s: DecodeState) -> jax.Array:
         return ~jnp.all(s.done) & (s.cache.end < limit)

@@ -66,9 +66,11 @@ def test_sampled_rows_are_the_same_with_windows(samplers):
         np.testing.assert_array_equal(windowed.tokens, whole.tokens)
 
 
-def test_each_window_is_a_loop_whose_attention_reads_only_its_slots(samplers):
-    """The program has one decode loop per window, and the keys each loop's attention reads
-    have that window's slot count (not the cache length)."""
+@pytest.mark.parametrize("layer_loop", [True, False])
+def test_each_window_is_a_loop_whose_attention_reads_only_its_slots(samplers, layer_loop):
+    """The program has one decode loop per window, and each loop's attention scores cover
+    that window's slots (not the cache length), with the model's layer scan and with the
+    CPU layer loop's chunked cache."""
     from ssrl_jax.sampler import sampler as sampler_lib
 
     s = samplers[2]
@@ -79,10 +81,11 @@ def test_each_window_is_a_loop_whose_attention_reads_only_its_slots(samplers):
         lambda p, i, v, k, a, b, e: sampler_lib._generate(
             p, i, v, k, a, b, e, np.int32(NEW_TOKENS), graphdef=s.graphdef,
             cache_len=CACHE_LEN, sampling=SamplingConfig(), pad_id=0,
-            layer_loop=s.layer_loop, windows=WINDOWS))(
+            layer_loop=layer_loop, windows=WINDOWS))(
         s.params, ids, valid, row_keys(0, len(PROMPTS)), *table, s._device_eos_ids()))
     assert jaxpr.count("while[") == len(WINDOWS)
-    kv = s.config.num_kv_heads, s.config.head_dim
-    for window in WINDOWS[:-1]:
-        pattern = rf"f32\[{len(PROMPTS)},{window},{kv[0]},{kv[1]}\]"
-        assert re.search(pattern, jaxpr), f"no key block of {window} slots"
+    kv_heads = s.config.num_kv_heads
+    groups = s.config.num_heads // kv_heads
+    for window in WINDOWS:
+        scores = rf"f32\[{len(PROMPTS)},{kv_heads},{groups},1,{window}\]"
+        assert re.search(scores, jaxpr), f"no attention scores over {window} slots"
