@@ -65,15 +65,23 @@ def model_checkpoint_meta(config: ml_collections.ConfigDict) -> dict | None:
                                   f"({type(error).__name__}: {error})") from error
 
 
+def runtime_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The `ModelConfig` fields that `config.model` chooses for any checkpoint (ours, not
+    Hugging Face's): dtypes, rematerialisation, attention, the KV cache's dtype."""
+    m = config.model
+    return dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention,
+                kv_cache_dtype=m.kv_cache_dtype)
+
+
 def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, tokenizer: Any,
                   mesh: jax.sharding.Mesh, rules: ShardingRules,
                   checkpoint_meta: dict | None = None
                   ) -> tuple[ModelConfig, Callable[[], Transformer]]:
     """(model config, a function that builds the initial model on `mesh`)."""
     m = config.model
+    fields = runtime_fields(config)
     if checkpoint_meta is not None:
-        overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                         attention=m.attention)
+        overrides = fields
         model_config = checkpoints.model_config_from_meta(checkpoint_meta, source=m.path,
                                                           **overrides)
         return model_config, lambda: checkpoints.load_model(m.path, mesh=mesh, rules=rules,
@@ -82,15 +90,12 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
         from ssrl_jax.models.hf import read_hf_config
 
         model_config = ModelConfig.from_hf_config(
-            read_hf_config(model_dir), source=os.path.join(model_dir, "config.json"),
-            param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
-        return model_config, functools.partial(
-            load_pretrained, model_dir, param_dtype=m.param_dtype, dtype=m.dtype, mesh=mesh,
-            rules=rules, remat=m.remat, attention=m.attention)
+            read_hf_config(model_dir), source=os.path.join(model_dir, "config.json"), **fields)
+        return model_config, functools.partial(load_pretrained, model_dir, mesh=mesh,
+                                               rules=rules, **fields)
     model_config = ModelConfig(
         **m.random.to_dict(), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **fields)
     return model_config, functools.partial(init_model, model_config, seed=config.seed,
                                            mesh=mesh, rules=rules)
 

@@ -17,7 +17,8 @@ from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
 from ssrl_jax.data.qa import SAMPLE_DATA
 from ssrl_jax.distributed import DISTRIBUTED_MODES
 from ssrl_jax.eval.scoring import CHAT_CHOICES
-from ssrl_jax.models.config import ATTENTION_IMPLS, DTYPES, FAMILIES, REMAT_POLICIES
+from ssrl_jax.models.config import (ATTENTION_IMPLS, DTYPES, FAMILIES, KV_CACHE_DTYPES,
+                                     REMAT_POLICIES)
 from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
 from ssrl_jax.rl.optimizer import LR_SCHEDULES
@@ -56,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
     # einsum (exact on every backend) or splash (JAX's Pallas TPU kernel for the training
     # forward and backward: no [T, T] scores in memory; interpreted, slowly, off TPU).
     c.model.attention = "einsum"
+    # The rollout's and the sampler's KV cache: "" the compute dtype, or "int8" (one scale
+    # per slot and KV head; half the bytes of bf16 to hold and to read while decoding).
+    c.model.kv_cache_dtype = ""
     c.model.cache_dir = "/tmp/ssrl_jax_models"  # local copy of a gs:// model.path
     # A randomly initialised model when model.path is empty (CPU runs and tests).
     c.model.random = ml_collections.ConfigDict(dict(
@@ -240,6 +244,7 @@ _CHECKS: dict[str, Check] = {
     "model.dtype": _one_of(DTYPES),
     "model.remat": _one_of(REMAT_POLICIES),
     "model.attention": _one_of(ATTENTION_IMPLS),
+    "model.kv_cache_dtype": _one_of(KV_CACHE_DTYPES),
     "model.cache_dir": _string,
     "model.random.family": _one_of(FAMILIES),
     "data.train_files": lambda v: None if isinstance(v, str) and v.strip() else

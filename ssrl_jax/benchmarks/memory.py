@@ -69,11 +69,12 @@ def mesh_devices(config, devices: int | None) -> int:
 
 
 def model_config_of(config):
+    from ssrl_jax.model_source import runtime_fields
     from ssrl_jax.models import ModelConfig, preset
     from ssrl_jax.models.hf import read_hf_config
 
     m = config.model
-    fields = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
+    fields = runtime_fields(config)
     if m.path and os.path.isfile(os.path.join(m.path, "config.json")):
         return ModelConfig.from_hf_config(read_hf_config(m.path), **fields)
     if m.path:
@@ -209,10 +210,9 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
 
     config = load_config(config_path, overrides)
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     from ssrl_jax.benchmarks.abstract_step import abstract_step, build_mesh
+    from ssrl_jax.models import KVCache
     from ssrl_jax.models.init import state_shardings
     from ssrl_jax.rl.rewards import ssrl_reward
     from ssrl_jax.rl.step import make_train_step
@@ -249,10 +249,13 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
     prompts, length = config.batch_size, inputs.prompt_len
     rows = prompts * config.rollout.group_size
     slots = length + config.rollout.max_new_tokens
-    kv_shape = (model_config.num_layers, rows, slots, model_config.num_kv_heads,
-                model_config.head_dim)
-    kv_spec = rules.sharding(("layers", "batch", None, "act_kv_heads", None), kv_shape, mesh)
-    kv = 2 * int(np.prod(kv_spec.shard_shape(kv_shape))) * jnp.dtype(model_config.dtype).itemsize
+    cache = jax.tree.map(
+        lambda axes, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                             sharding=rules.sharding(axes, s.shape, mesh)),
+        KVCache.logical_axes(model_config.kv_quantized),
+        jax.eval_shape(lambda: KVCache.create(model_config, rows, slots)),
+        is_leaf=lambda x: isinstance(x, tuple))
+    kv = _per_device_bytes((cache.k, cache.v))
     return MemoryPlan(
         config_path=config_path, model=f"{model_config.architecture}", num_params=
         model_config.num_params(), mesh=dict(mesh.shape), rows=rows, slots=slots,

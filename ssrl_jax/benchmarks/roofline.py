@@ -164,12 +164,11 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         """An abstract DecodeState of num_rows rows and cache_len slots (a cache of at
         least one layer), laid out as the step constrains it."""
         dtype, slots_shape = jnp.dtype(model_config.dtype), (num_rows, cache_len)
-        kv = (max(model_config.num_layers, 1), num_rows, cache_len, model_config.num_kv_heads,
-              model_config.head_dim)
         a = jax.ShapeDtypeStruct
         shapes = DecodeState(
-            cache=KVCache(k=a(kv, dtype), v=a(kv, dtype), valid=a(slots_shape, jnp.bool_),
-                          end=a((), jnp.int32)),
+            cache=jax.eval_shape(lambda: KVCache.create(
+                model_config.replace(num_layers=max(model_config.num_layers, 1)), num_rows,
+                cache_len)),
             tokens=a(slots_shape, jnp.int32), logprobs=a(slots_shape, jnp.float32),
             entropies=a(slots_shape, jnp.float32), sources=a(slots_shape, jnp.int8),
             last_hidden=a((num_rows, model_config.hidden_size), dtype),
@@ -177,7 +176,7 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
             done=a((num_rows,), jnp.bool_), finish_reason=a((num_rows,), jnp.int8),
             matched_stop=a((num_rows,), jnp.int8), num_steps=a((), jnp.int32))
         return jax.tree.map(lambda axes, s: inputs.sharded(s.shape, s.dtype, axes),
-                            DecodeState.logical_axes(), shapes,
+                            DecodeState.logical_axes(model_config.kv_quantized), shapes,
                             is_leaf=lambda x: isinstance(x, tuple))
 
     def one_decode_step(params, state):

@@ -24,6 +24,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # memory) or splash (JAX's Pallas TPU kernel, blockwise; interpreted off TPU). models/splash.py.
 ATTENTION_IMPLS = ("einsum", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
+# The KV cache's storage: "" the compute dtype; "int8" one byte a value plus an fp32 scale per
+# slot and KV head (half the bytes of bf16 to hold and to read at every decode step).
+KV_CACHE_DTYPES = ("", "int8")
 _LLAMA3_ROPE_KEYS = (
     "factor",
     "low_freq_factor",
@@ -78,6 +81,7 @@ class ModelConfig:
     dtype: str = "float32"
     remat: str = "none"
     attention: str = "einsum"
+    kv_cache_dtype: str = ""
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -98,8 +102,15 @@ class ModelConfig:
             raise ConfigError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention not in ATTENTION_IMPLS:
             raise ConfigError(f"attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not one of "
+                              f"{KV_CACHE_DTYPES}")
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def kv_quantized(self) -> bool:
+        return self.kv_cache_dtype == "int8"
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

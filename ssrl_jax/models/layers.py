@@ -71,20 +71,46 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     return index - segment_start
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+              k_scale: jax.Array | None = None, v_scale: jax.Array | None = None) -> jax.Array:
     """Grouped-query attention with fp32 softmax.
 
     q: [B, T, H, Dh], k/v: [B, S, K, Dh], mask: [B, T, S] (True = may attend)
     -> [B, T, H, Dh] in q.dtype. A query with no visible key gets a uniform
     (finite) average instead of NaN; such queries are padding and are ignored.
+    k_scale, v_scale: [B, S, K] fp32 when k / v hold int8 values (`quantize_kv`): the
+    scales multiply the scores and the probabilities, not the cache, so the matmuls
+    read the int8 values as they are stored.
     """
     b, t, h, dh = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    probs = _masked_softmax(scores, mask, dh).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
+    if k_scale is not None:
+        scores = scores * _per_slot(k_scale)
+    probs = _masked_softmax(scores, mask, dh)
+    if v_scale is not None:
+        probs = probs * _per_slot(v_scale)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype))
     return out.reshape(b, t, h, dh)
+
+
+def _per_slot(scale: jax.Array) -> jax.Array:
+    """[B, S, K] -> [B, K, 1, 1, S], to multiply scores or probabilities [B, K, G, T, S]."""
+    return scale.transpose(0, 2, 1)[:, :, None, None, :]
+
+
+def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 with one scale per vector. x: [..., Dh] -> (int8 [..., Dh], fp32 [...]).
+
+    x ~= values * scale; the largest |x| of each vector maps to 127 (error <= scale / 2).
+    """
+    x32 = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x32), axis=-1) / 127.0
+    safe = jnp.where(scale > 0, scale, 1.0)
+    values = jnp.clip(jnp.round(x32 / safe[..., None]), -127, 127).astype(jnp.int8)
+    return values, scale
 
 
 def attention_over_chunks(q: jax.Array, k_chunks: Sequence[jax.Array],

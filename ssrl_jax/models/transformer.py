@@ -56,32 +56,53 @@ def layer_param_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
+class QuantizedKV:
+    """int8 keys or values with their scales (`layers.quantize_kv`): x ~= values * scale.
+
+    values: [L, B, S, K, Dh] int8; scale: [L, B, S, K] fp32, one per slot and KV head.
+    """
+
+    values: jax.Array
+    scale: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
 class KVCache:
     """Preallocated keys/values of every layer, in the stacked-layer layout.
 
-    k, v: [L, B, S, K, Dh]; valid: [B, S] marks slots holding a real token;
-    end: [] int32, slots [0, end) have been written (valid or padding).
+    k, v: [L, B, S, K, Dh] in the compute dtype, or `QuantizedKV` (config.kv_cache_dtype
+    "int8"); valid: [B, S] marks slots holding a real token; end: [] int32, slots
+    [0, end) have been written (valid or padding).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | QuantizedKV
+    v: jax.Array | QuantizedKV
     valid: jax.Array
     end: jax.Array
 
     @classmethod
-    def create(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-        dtype = jnp.dtype(dtype or config.dtype)
+    def create(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
         shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   valid=jnp.zeros((batch, max_len), bool), end=jnp.zeros((), jnp.int32))
+
+        def empty():
+            if config.kv_quantized:
+                return QuantizedKV(values=jnp.zeros(shape, jnp.int8),
+                                   scale=jnp.zeros(shape[:-1], jnp.float32))
+            return jnp.zeros(shape, config.dtype)
+
+        return cls(k=empty(), v=empty(), valid=jnp.zeros((batch, max_len), bool),
+                   end=jnp.zeros((), jnp.int32))
 
     @property
     def max_len(self) -> int:
         return self.valid.shape[1]
 
     @staticmethod
-    def logical_axes() -> "KVCache":
+    def logical_axes(quantized: bool = False) -> "KVCache":
         kv = ("layers", "batch", None, "act_kv_heads", None)
+        if quantized:
+            kv = QuantizedKV(values=kv, scale=kv[:-1])
         return KVCache(k=kv, v=kv, valid=("batch", None), end=())
 
 
@@ -303,21 +324,47 @@ def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
     (k_all, v_all, index). q: [B, T, H, Dh], k, v: [B, T, K, Dh] (the new tokens')."""
     new_k, new_v = k, v
     new_cache = None
+    k_scale = v_scale = None
     if kv is not None:
         k_all, v_all, index = kv
-        start = (index, 0, cache_end, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-        k = jax.lax.dynamic_index_in_dim(k_all, index, keepdims=False)
-        v = jax.lax.dynamic_index_in_dim(v_all, index, keepdims=False)
+        k_all, v_all = (_write_slots(all_, new, index, cache_end)
+                        for all_, new in ((k_all, k), (v_all, v)))
+        (k, k_scale), (v, v_scale) = (_layer_slots(all_, index) for all_ in (k_all, v_all))
         new_cache = (k_all, v_all)
     if kv_len is not None:
         k, v = k[:, :kv_len], v[:, :kv_len]
+        if k_scale is not None:
+            k_scale, v_scale = k_scale[:, :kv_len], v_scale[:, :kv_len]
     k = constrain(k, ("batch", None, "act_kv_heads", None), rules)
     v = constrain(v, ("batch", None, "act_kv_heads", None), rules)
     if isinstance(mask, splash.Segments):
         if mask.new_tokens_only:  # a prefill: the cache held nothing before these tokens
             k, v = new_k, new_v
+        elif k_scale is not None:
+            raise ValueError("splash attention over a cache reads it unquantized; "
+                             "an int8 cache is read by einsum attention")
         return splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids,
                                        rules), new_cache
-    return layers.attention(q, k.astype(dtype), v.astype(dtype), mask), new_cache
+    if k_scale is None:
+        k, v = k.astype(dtype), v.astype(dtype)
+    return layers.attention(q, k, v, mask, k_scale, v_scale), new_cache
+
+
+def _write_slots(cache, new, index, cache_end):
+    """Layer `index`'s keys or values new [B, T, K, Dh] written at slots [cache_end,
+    cache_end + T) of the stacked cache [L, B, S, K, Dh] or its `QuantizedKV`."""
+    start = (index, 0, cache_end, 0, 0)
+    if isinstance(cache, QuantizedKV):
+        values, scale = layers.quantize_kv(new)
+        return QuantizedKV(
+            values=jax.lax.dynamic_update_slice(cache.values, values[None], start),
+            scale=jax.lax.dynamic_update_slice(cache.scale, scale[None], start[:-1]))
+    return jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
+
+
+def _layer_slots(cache, index):
+    """Layer `index` of a stacked cache: (values [B, S, K, Dh], scales [B, S, K] or None)."""
+    take = functools.partial(jax.lax.dynamic_index_in_dim, index=index, keepdims=False)
+    if isinstance(cache, QuantizedKV):
+        return take(cache.values), take(cache.scale)
+    return take(cache), None

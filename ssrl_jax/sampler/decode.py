@@ -26,7 +26,7 @@ from ssrl_jax.sharding import constrain
 
 def _constrain_state(state: DecodeState, model: Transformer) -> DecodeState:
     return jax.tree.map(lambda axes, x: constrain(x, axes, model.rules),
-                        DecodeState.logical_axes(), state,
+                        DecodeState.logical_axes(model.config.kv_quantized), state,
                         is_leaf=lambda x: isinstance(x, tuple))
 
 
@@ -50,7 +50,8 @@ def prefill(model: Transformer, ids: jax.Array, valid: jax.Array, keys: jax.Arra
     config = model.config
     cache = KVCache.create(config, batch, cache_len)
     cache = jax.tree.map(lambda axes, x: constrain(x, axes, model.rules),
-                         KVCache.logical_axes(), cache, is_leaf=lambda x: isinstance(x, tuple))
+                         KVCache.logical_axes(config.kv_quantized), cache,
+                         is_leaf=lambda x: isinstance(x, tuple))
     hidden, cache = model.prefill(ids, valid, cache)
     zeros = jnp.zeros((batch, cache_len), jnp.float32)
     rows = jnp.zeros((batch,), jnp.int32)
@@ -192,6 +193,9 @@ def decode(model: Transformer, state: DecodeState, *, sampling: SamplingConfig,
         raise ValueError(f"decode: windows {windows} must ascend and end at the cache length "
                          f"{state.cache.max_len}")
     if layer_loop:
+        if model.config.kv_quantized:
+            raise ValueError("decode: the CPU layer loop keeps an unquantized cache; "
+                             "kv_cache_dtype='int8' decodes through the model's layer scan")
         params = layer_loop_lib.layer_params(model)
         extend = functools.partial(layer_loop_lib.extend, model, params)
         state = dataclasses.replace(state,

@@ -98,7 +98,8 @@ class Sampler:
     prompt_buckets / inject_buckets: allowed padded lengths (default: powers
       of two from 16 / 8).
     layer_loop: decode through per-layer weights and caches (`layer_loop.py`)
-      instead of the model's layer scan; default on for the CPU backend only.
+      instead of the model's layer scan; default on for the CPU backend only, with an
+      unquantized KV cache (`ModelConfig.kv_cache_dtype`).
     kv_windows: decode steps read the filled part of the KV cache in up to this many
       windows (`kv_windows.py`; 1: every step reads the whole cache).
     """
@@ -131,7 +132,9 @@ class Sampler:
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise ValueError(f"{name}: ids {bad} are outside the vocabulary [0, {vocab})")
-        self.layer_loop = (jax.default_backend() == "cpu") if layer_loop is None else layer_loop
+        if layer_loop is None:
+            layer_loop = jax.default_backend() == "cpu" and not model.config.kv_quantized
+        self.layer_loop = layer_loop
         if kv_windows < 1:
             raise ValueError(f"kv_windows must be >= 1, got {kv_windows}")
         self.kv_windows = kv_windows

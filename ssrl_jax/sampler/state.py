@@ -50,10 +50,10 @@ class DecodeState:
     num_steps: jax.Array
 
     @staticmethod
-    def logical_axes() -> "DecodeState":
+    def logical_axes(quantized_cache: bool = False) -> "DecodeState":
         row = ("batch",)
         slots = ("batch", None)
-        return DecodeState(cache=KVCache.logical_axes(), tokens=slots, logprobs=slots,
+        return DecodeState(cache=KVCache.logical_axes(quantized_cache), tokens=slots, logprobs=slots,
                            entropies=slots, sources=slots, last_hidden=("batch", None), keys=row,
                            stop_state=row, done=row, finish_reason=row, matched_stop=row,
                            num_steps=())

@@ -12,13 +12,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_memory_plan_of_the_tiny_config_on_two_devices():
+@pytest.mark.parametrize("kv_cache_dtype", ["", "int8"])
+def test_memory_plan_of_the_tiny_config_on_two_devices(kv_cache_dtype):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # the plan sets its own device count
     result = subprocess.run(
         [sys.executable, "-m", "ssrl_jax.bench", "memory", "--config",
          str(ROOT / "configs" / "smoke.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",
-         "--set", "model.dtype=bfloat16", "--json"], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+         "--set", "model.dtype=bfloat16", "--set", f"model.kv_cache_dtype={kv_cache_dtype}",
+         "--json"], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout.strip().splitlines()[-1])
     assert plan["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
@@ -33,7 +35,9 @@ def test_memory_plan_of_the_tiny_config_on_two_devices():
     assert plan["rollout_weights"] == plan["num_params"] * 2
     assert plan["weight_layout"] == "decode" and plan["backend"] == "cpu"
     assert 2 * plan["params"] <= plan["optimizer"] < 2 * plan["params"] + 1024  # fp32 mu, nu
-    # Rows are split over fsdp: 2 layers x 8 rows x 1040 slots x 2 KV heads x 16 x (k, v) x 2 B.
-    assert plan["kv_cache"] == 2 * 8 * 1040 * 2 * 16 * 2 * 2
+    # Rows are split over fsdp: 2 layers x 8 rows x 1040 slots x 2 KV heads x (k, v) x 16
+    # values of 2 B (bf16), or of 1 B plus one 4 B scale (int8).
+    per_vector = 16 + 4 if kv_cache_dtype == "int8" else 16 * 2
+    assert plan["kv_cache"] == 2 * 8 * 1040 * 2 * 2 * per_vector
     assert plan["arguments"] >= plan["params"] + plan["reference"] + plan["optimizer"]
     assert plan["temporaries"] > plan["kv_cache"]

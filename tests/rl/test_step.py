@@ -44,8 +44,8 @@ def step_config(**changes):
                       **{"kl_coef": 0.0, **changes})
 
 
-def build(config, lr=1e-2, mesh=None, seed=0, pin_state=False):
-    model = init_model(CONFIG, seed=seed, mesh=mesh)
+def build(config, lr=1e-2, mesh=None, seed=0, pin_state=False, model_config=CONFIG):
+    model = init_model(model_config, seed=seed, mesh=mesh)
     optimizer = make_optimizer(lr, warmup_steps=1)
     graphdef = nnx.graphdef(model)
     state = init_train_state(model, optimizer)
@@ -119,17 +119,19 @@ def test_micro_batching_gives_the_same_update():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_sharded_step_equals_unsharded(eight_devices):
+@pytest.mark.parametrize("kv_cache_dtype", ["", "int8"])
+def test_sharded_step_equals_unsharded(eight_devices, kv_cache_dtype):
     batch = make_batch(np.random.RandomState(3))
     config = step_config(kl_coef=0.001)
+    model_config = CONFIG.replace(kv_cache_dtype=kv_cache_dtype)
     key = jax.random.key(11)
-    step, state = build(config)
+    step, state = build(config, model_config=model_config)
     state, expected = step(state, batch, key)
     expected_params = jax.device_get(state.params)
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     with jax.set_mesh(mesh):
-        step, state = build(config, mesh=mesh)
+        step, state = build(config, mesh=mesh, model_config=model_config)
         sharding = ShardingRules().sharding(("batch", None), batch["prompt_ids"].shape, mesh)
         sharded_batch = {k: jax.device_put(v, sharding if v.ndim == 2 else
                                            ShardingRules().sharding(("batch", None, None),
