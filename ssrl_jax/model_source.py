@@ -81,11 +81,10 @@ def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, toke
     m = config.model
     fields = runtime_fields(config)
     if checkpoint_meta is not None:
-        overrides = fields
         model_config = checkpoints.model_config_from_meta(checkpoint_meta, source=m.path,
-                                                          **overrides)
+                                                          **fields)
         return model_config, lambda: checkpoints.load_model(m.path, mesh=mesh, rules=rules,
-                                                            **overrides)[0]
+                                                            **fields)[0]
     if model_dir:
         from ssrl_jax.models.hf import read_hf_config
 

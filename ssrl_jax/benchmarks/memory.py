@@ -250,8 +250,7 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
     rows = prompts * config.rollout.group_size
     slots = length + config.rollout.max_new_tokens
     cache = jax.tree.map(
-        lambda axes, s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                             sharding=rules.sharding(axes, s.shape, mesh)),
+        lambda axes, s: inputs.sharded(s.shape, s.dtype, axes),
         KVCache.logical_axes(model_config.kv_quantized),
         jax.eval_shape(lambda: KVCache.create(model_config, rows, slots)),
         is_leaf=lambda x: isinstance(x, tuple))

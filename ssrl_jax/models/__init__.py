@@ -8,5 +8,6 @@ from ssrl_jax.models.transformer import KVCache, QuantizedKV, Transformer
 
 __all__ = [
     "CheckpointError", "ConfigError", "HF_CONFIGS", "KVCache", "ModelConfig", "QuantizedKV",
-    "RopeScaling", "Transformer", "abstract_model", "init_model", "load_pretrained", "preset", "read_hf_config",
+    "RopeScaling", "Transformer", "abstract_model", "init_model", "load_pretrained", "preset",
+    "read_hf_config",
 ]

@@ -340,9 +340,6 @@ def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
     if isinstance(mask, splash.Segments):
         if mask.new_tokens_only:  # a prefill: the cache held nothing before these tokens
             k, v = new_k, new_v
-        elif k_scale is not None:
-            raise ValueError("splash attention over a cache reads it unquantized; "
-                             "an int8 cache is read by einsum attention")
         return splash.splash_attention(q, k.astype(dtype), v.astype(dtype), mask.ids,
                                        rules), new_cache
     if k_scale is None:
