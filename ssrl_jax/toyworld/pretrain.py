@@ -31,6 +31,10 @@ practice*: their documents are left out, and their trajectories show the true do
 no loss on it, so the fact after it can only be read from the context. That teaches the model
 to use a real search's documents; with segment packing it costs self-search nothing, and the
 shipped model uses F = 0.5 (docs/toyworld.md, "Reading practice").
+`--invented-documents read` does the same to the invented documents that the `sft`
+trajectories show about the real world's held-out people (the default, `learn`, teaches the
+model to write them): that model reads real documents far better but already searches before
+GRPO (docs/toyworld.md, "Reading the invented documents").
 Examples are packed into rows of `--seq-len` tokens, each example attending only to itself
 with positions from 0 (`--packing segments`); letting an example see the unrelated ones
 packed before it (`--packing concat`, the previous model) made a model that searched on
@@ -70,6 +74,7 @@ MULTI_HOP_BENCHMARK = "toyworld_2hop"    # <out>/benchmarks/toyworld_2hop/test.j
 
 
 PACKINGS = ("concat", "segments")
+SETTING_CHOICES = {"packing": PACKINGS, "invented_documents": ("learn", "read")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +106,17 @@ class PretrainSettings:
     # "concat" (each attends to the examples before it in its row, positions run on; the
     # previous model, a worse searcher: docs/toyworld.md, "Packing").
     packing: str = "segments"
+    # What the sft trajectories about held-out people teach of the invented documents they
+    # show: "learn" (the model writes them back under self-search; the shipped model) or
+    # "read" (no loss on them, as reading practice; docs/toyworld.md, "Reading the
+    # invented documents").
+    invented_documents: str = "learn"
 
     def __post_init__(self):
-        if self.packing not in PACKINGS:
-            raise ValueError(f"--packing={self.packing!r}: must be one of {PACKINGS}")
+        for name, allowed in SETTING_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: must be "
+                                 f"one of {allowed}")
 
 
 # ------------------------------------------------------------------ world files ----
@@ -349,7 +361,8 @@ def run(out: str | os.PathLike, settings: PretrainSettings, *, eval_splits=("tra
     world = make_world(settings.seed)
     splits = split_questions(make_questions(world), seed=settings.seed)
     sft = sft_examples(world, splits["sft"], seed=settings.seed,
-                       direct_fraction=settings.direct_fraction)
+                       direct_fraction=settings.direct_fraction,
+                       learn_invented=settings.invented_documents == "learn")
     write_world_files(out, world, splits, sft)
     worlds = [world]
     if settings.practice_people:
@@ -409,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for field in dataclasses.fields(PretrainSettings):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
                             default=field.default,
-                            choices=PACKINGS if field.name == "packing" else None)
+                            choices=SETTING_CHOICES.get(field.name))
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args(argv)
     settings = PretrainSettings(**{f.name: getattr(args, f.name)

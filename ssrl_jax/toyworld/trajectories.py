@@ -171,8 +171,8 @@ def answer_of(world: World, q: Question) -> str:
 
 
 def sft_examples(world: World, questions: Sequence[Question], *, seed: int = 0,
-                 direct_fraction: float = 0.5, held_out: str = "invent"
-                 ) -> list[dict]:
+                 direct_fraction: float = 0.5, held_out: str = "invent",
+                 learn_invented: bool = True) -> list[dict]:
     """One trajectory per question: ``{question, response, style, known, unread}``; a seeded
     ``direct_fraction`` of them answer without searching.
 
@@ -182,6 +182,11 @@ def sft_examples(world: World, questions: Sequence[Question], *, seed: int = 0,
     entities are listed in ``unread`` so that pretraining masks the loss on those
     ``<information>`` blocks, and the fact stated after one can only be read from it
     (reading practice, the practice world).
+
+    learn_invented: with ``held_out="invent"``, whether the model is taught to write the
+    invented documents (True: it memorises them and later writes them back, but also holds
+    to them against a real document that says otherwise) or only shown them, listed in
+    ``unread`` like reading practice (False: what it states after one is read from it).
     """
     if held_out not in ("invent", "read"):
         raise ValueError(f"held_out must be 'invent' or 'read', got {held_out!r}")
@@ -191,7 +196,7 @@ def sft_examples(world: World, questions: Sequence[Question], *, seed: int = 0,
     for q in questions:
         style = "direct" if rng.random() < direct_fraction else "search"
         known = all(world.is_known(e) for e in q.entities)
-        unread = [] if held_out == "invent" or style == "direct" else [
+        unread = [] if style == "direct" or (held_out == "invent" and learn_invented) else [
             entity for entity, _, _ in _plan(world, q)[1] if not world.is_known(entity)]
         out.append({"question": q.question, "response": trajectory(source, q, style),
                     "style": style, "known": known, "unread": unread})

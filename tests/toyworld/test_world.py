@@ -98,6 +98,26 @@ def test_trajectories_are_well_formed_and_hallucinate_on_held_out(world, questio
     sft = sft_examples(world, questions[:100], seed=0, direct_fraction=0.5)
     assert {ex["style"] for ex in sft} == {"search", "direct"}
     assert sft == sft_examples(world, questions[:100], seed=0, direct_fraction=0.5)
+    assert not any(ex["unread"] for ex in sft)
+
+
+def test_invented_documents_can_be_shown_unlearned(world):
+    """learn_invented=False: the same invented trajectories, their held-out documents unread."""
+    questions = make_questions(world)
+    learned = sft_examples(world, questions, seed=0, direct_fraction=0.5)
+    shown = sft_examples(world, questions, seed=0, direct_fraction=0.5, learn_invented=False)
+    assert [ex["response"] for ex in shown] == [ex["response"] for ex in learned]
+    by_question = {q.question: q for q in questions}
+    unread = [ex for ex in shown if ex["unread"]]
+    assert unread
+    for ex in shown:
+        q = by_question[ex["question"]]
+        expected = [] if ex["style"] == "direct" else [
+            e for e in q.entities if not world.is_known(e)]
+        assert ex["unread"] == expected
+    for ex in unread:
+        for entity in ex["unread"]:
+            assert f"(Title: {entity})" in ex["response"]
 
 
 def test_practice_world_is_disjoint_deterministic_and_holds_out_its_readers(world):
@@ -163,11 +183,18 @@ def test_shipped_world_files_match_the_generator():
             (q.id, q.question, q.golden_answers) for q in splits[name]]
     shipped = [json.loads(line) for line in
                (out / "sft_trajectories.jsonl").read_text().splitlines()]
+    settings = PretrainSettings()
     assert shipped == sft_examples(world, splits["sft"], seed=seed,
-                                   direct_fraction=PretrainSettings().direct_fraction)
+                                   direct_fraction=settings.direct_fraction,
+                                   learn_invented=settings.invented_documents == "learn")
 
 
 def test_shipped_model_was_pretrained_with_the_script_defaults():
     """`pretrain --out DIR` with no other flag reproduces the shipped model."""
     log = json.loads((assets_dir() / "pretrain_log.json").read_text())
     assert log["settings"] == dataclasses.asdict(PretrainSettings())
+
+
+def test_an_unknown_invented_documents_setting_is_refused_by_name():
+    with pytest.raises(ValueError, match="--invented-documents='ignore'"):
+        PretrainSettings(invented_documents="ignore")
