@@ -44,6 +44,26 @@ def mismatch_check(identity: dict[str, Any], workdir: epath.Path):
     return check
 
 
+def refuse_another_run(directory: epath.Path, identity: dict[str, Any],
+                       workdir: epath.Path) -> None:
+    """Raises RunMismatchError when the newest step with readable metadata belongs to another
+    run: before the model is built and the step compiled (minutes on a pod), from the JSON
+    metadata alone. `resume` checks every step it tries again."""
+    # A barrier on every host, as in `resume`; it creates the directory a fresh run needs.
+    manager = checkpoints.make_manager(directory, max_to_keep=None, async_save=False)
+    try:
+        check = mismatch_check(identity, workdir)
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                meta = checkpoints.read_step_meta(manager, step)
+            except Exception:  # noqa: BLE001 - `resume` names it and tries the one before
+                continue
+            check(step, meta)
+            return
+    finally:
+        manager.close()
+
+
 def quarantine(directory: epath.Path, steps: list[int], workdir: epath.Path) -> None:
     """Moves unreadable step directories to WORKDIR/quarantine/ (process 0; never deletes)."""
     if not steps:

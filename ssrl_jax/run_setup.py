@@ -98,6 +98,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str,
                               max_gold_bytes=config.data.max_gold_bytes)
     identity = run_identity.run_identity(config, checkpoints.model_meta(model_config),
                                          tokenizer, rows)
+    resume.refuse_another_run(checkpoints.checkpoint_dir(workdir_path), identity, workdir_path)
     rows, prompts = train_batches.tokenize_prompts(
         rows, tokenizer, mode=config.data.prompt_mode, chat=chat,
         max_prompt_tokens=config.data.max_prompt_tokens, source=config.data.prompt_source)

@@ -184,9 +184,9 @@ def sft_examples(world: World, questions: Sequence[Question], *, seed: int = 0,
     (reading practice, the practice world).
 
     learn_invented: with ``held_out="invent"``, whether the model is taught to write the
-    invented documents (True: it memorises them and later writes them back, but also holds
-    to them against a real document that says otherwise) or only shown them, listed in
-    ``unread`` like reading practice (False: what it states after one is read from it).
+    invented documents (True: it memorises them and writes them back under self-search) or
+    only shown them, listed in ``unread`` like reading practice (False: what it states after
+    one is read from it).
     """
     if held_out not in ("invent", "read"):
         raise ValueError(f"held_out must be 'invent' or 'read', got {held_out!r}")

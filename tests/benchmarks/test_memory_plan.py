@@ -8,14 +8,16 @@ import sys
 
 import pytest
 
+from tests.xla_flags import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kv_cache_dtype", ["", "int8"])
 def test_memory_plan_of_the_tiny_config_on_two_devices(kv_cache_dtype):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # the plan sets its own device count
+    # No device count: the plan sets its own.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     result = subprocess.run(
         [sys.executable, "-m", "ssrl_jax.bench", "memory", "--config",
          str(ROOT / "configs" / "smoke.py"), "--devices", "2", "--set", "rollout.max_new_tokens=16",

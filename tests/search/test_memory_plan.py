@@ -16,6 +16,7 @@ from ssrl_jax import trainer
 from ssrl_jax import train_config as tc
 from ssrl_jax.search import memory
 from ssrl_jax.search.memory import MemoryPlan, MemoryPlanError, available_memory, check_plan
+from tests.xla_flags import xla_flags
 
 GB = 10**9
 TINY = pathlib.Path(__file__).parents[2] / "configs" / "tiny.py"
@@ -108,7 +109,7 @@ print("BYTES", stats.temp_size_in_bytes + stats.argument_size_in_bytes
 def test_tiny_real_variant_fits_in_8_gb(server_url, tmp_path):
     config = tiny_config("real")
     assert (config.rollout.mode, config.grpo.num_micro_batches) == ("real", 16)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=1), "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", ONE_DEVICE_SETUP, server_url,
                           str(tmp_path / "run")],
                          cwd=TINY.parents[1], env=env, capture_output=True, text=True, timeout=1800)

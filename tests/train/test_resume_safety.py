@@ -51,15 +51,16 @@ def steps_of(workdir):
 
 
 @pytest.mark.slow
-def test_another_runs_checkpoints_are_refused_naming_each_field(workdir):
+def test_another_runs_checkpoints_are_refused_naming_each_field(workdir, compile_counter):
     before = snapshot(workdir)
     c = config(total_steps=4)
     c.seed = 1
     c.batch_size = 4
     c.rollout.group_size = 4
     c.model.random.hidden_size = 64
-    with pytest.raises(resume.RunMismatchError) as error:
+    with pytest.raises(resume.RunMismatchError) as error, compile_counter:
         trainer.run(c, str(workdir))
+    assert compile_counter.count == 0  # refused before the model is built or compiled
     message = str(error.value)
     for expected in ("model.hidden_size: 32 → 64", "config.seed: 0 → 1",
                      "config.batch_size: 2 → 4", "config.rollout.group_size: 2 → 4",

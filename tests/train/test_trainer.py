@@ -13,6 +13,7 @@ import pytest
 from ssrl_jax import checkpoints, trainer
 from ssrl_jax.run_log import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
 from ssrl_jax.train_config import default_config
+from tests.xla_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Compared between an uninterrupted and a resumed run (timings excluded).
@@ -139,9 +140,7 @@ def _train_command(workdir, *overrides):
 
 
 def _env():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-    env.pop("XLA_FLAGS", None)
-    return env
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "XLA_FLAGS": xla_flags()}
 
 
 def test_cli_rejects_a_bad_override_naming_the_field(tmp_path):
