@@ -1,6 +1,6 @@
 """CPU quick start: SSRL-GRPO on the toy world (docs/toyworld.md), no download. The shipped
 0.85M-parameter Llama knows part of an invented world; 10 steps of 8 fixed training questions
-× 8 samples raise the mean reward from about 0.43 to about 0.53 (about 1.5 minutes on 2 idle
+× 8 samples raise the mean reward from about 0.29 to about 0.50 (about 1.5 minutes on 2 idle
 CPU cores). Every step samples the same 8 questions, so the printed reward moves with the policy,
 not with which questions were drawn.
 

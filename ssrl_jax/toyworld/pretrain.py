@@ -31,10 +31,12 @@ practice*: their documents are left out, and their trajectories show the true do
 no loss on it, so the fact after it can only be read from the context. That teaches the model
 to use a real search's documents; with segment packing it costs self-search nothing, and the
 shipped model uses F = 0.5 (docs/toyworld.md, "Reading practice").
-`--invented-documents read` does the same to the invented documents that the `sft`
-trajectories show about the real world's held-out people (the default, `learn`, teaches the
-model to write them): that model reads real documents far better but already searches before
-GRPO (docs/toyworld.md, "Reading the invented documents").
+`--invented-documents read` (the default) does the same to the invented documents that the
+`sft` trajectories show about the real world's held-out people (`learn` teaches the model to
+write them, the previous shipped model): the model then reads a real document about them
+instead of writing back what it was shown. With 70 % of the `sft` trajectories answering
+directly (`--direct-fraction 0.7`) it still starts as a reluctant searcher, so GRPO has
+searching to teach (docs/toyworld.md, "Reading the invented documents").
 Examples are packed into rows of `--seq-len` tokens, each example attending only to itself
 with positions from 0 (`--packing segments`); letting an example see the unrelated ones
 packed before it (`--packing concat`, the previous model) made a model that searched on
@@ -86,7 +88,10 @@ class PretrainSettings:
     learning_rate: float = 4e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    direct_fraction: float = 0.6
+    # 70 % of the sft trajectories answer directly: a reluctant searcher that GRPO teaches to
+    # search (at 0.6 with unlearned invented documents it already searches on 72 % of the
+    # test questions and GRPO lowers its EM; docs/toyworld.md, "Reading the invented documents").
+    direct_fraction: float = 0.7
     doc_repeats: int = 8          # copies of each known document per pass over the data
     practice_people: int = 128    # people of the practice world (0: none), see practice_world
     practice_direct_fraction: float = 0.0  # practice trajectories search (see module doc)
@@ -107,10 +112,11 @@ class PretrainSettings:
     # previous model, a worse searcher: docs/toyworld.md, "Packing").
     packing: str = "segments"
     # What the sft trajectories about held-out people teach of the invented documents they
-    # show: "learn" (the model writes them back under self-search; the shipped model) or
-    # "read" (no loss on them, as reading practice; docs/toyworld.md, "Reading the
-    # invented documents").
-    invented_documents: str = "learn"
+    # show: "read" (no loss on them, as reading practice; the shipped model, which then reads
+    # a real document about a held-out person instead of writing back its invented one) or
+    # "learn" (the model writes them back under self-search; the previous shipped model).
+    # docs/toyworld.md, "Reading the invented documents".
+    invented_documents: str = "read"
 
     def __post_init__(self):
         for name, allowed in SETTING_CHOICES.items():

@@ -28,11 +28,10 @@ STEPS = 10
 SUBSET_STRIDE = 24
 SUBSET_SIZE = 8
 # configs/tiny.py trains on those questions, all 8 in every step (batch_size 8), for STEPS.
-# Measured on the shipped model (docs/toyworld.md, seed 0, lr 1e-4): step rewards 0.43, 0.41,
-# 0.44, 0.44, 0.45, 0.47, 0.45, 0.52, 0.51, 0.56 (first-3 mean 0.43, last-3 mean 0.53, rise
-# 0.10; the previous model rose 0.17); the bound is 60 % of that. With the advantages negated
-# the reward falls instead.
-MIN_RISE = 0.06
+# Measured on the shipped model (docs/toyworld.md, seed 0, lr 1e-4): step rewards 0.29, 0.24,
+# 0.30, 0.38, 0.36, 0.42, 0.41, 0.45, 0.45, 0.50 (first-3 mean 0.28, last-3 mean 0.47, rise
+# 0.19; the previous two models rose 0.10 and 0.17); the bound is 60 % of that.
+MIN_RISE = 0.11
 
 
 def load_config(name: str = "toyworld.py"):
