@@ -9,9 +9,9 @@ bound by HBM, so that count would triple its cost. Here, instead, per op outside
 bodies:
 
 * only buffers in HBM count (a layout with no `S(n)`, n >= 1);
-* a `dynamic-update-slice`, alone or as a fusion's root (or an element of a root tuple)
-  over a fusion parameter, updates its buffer in place: only the update is written (the
-  KV cache's new slot);
+* a `dynamic-update-slice` or a `scatter`, alone or as a fusion's root (or an element of
+  a root tuple) over a fusion parameter, updates its buffer in place: only the update is
+  written (the KV cache's new slot of each row), and a scatter reads its indices;
 * a fusion parameter that the fusion only slices (`dynamic-slice`, `slice`, `gather`:
   one layer of stacked weights, the embedding rows of the batch's tokens) costs its
   slices, not the whole array;
@@ -45,6 +45,8 @@ MOVES_NOTHING = frozenset((
     "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
     "async-done", "send-done", "recv-done", "slice-done"))
 SLICES = frozenset(("dynamic-slice", "slice", "gather"))
+# In-place updates: opcode -> the operand index of the update.
+IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,8 @@ def _fusion_traffic(body: list[Instruction], operand_sizes: list[int], result_si
         for operand in instruction.operands:
             users.setdefault(operand, []).append(instruction)
     outputs = [by_name[o] for o in root.operands] if root.opcode == "tuple" else [root]
-    updated = {o.operands[0]: o for o in outputs if o.opcode == "dynamic-update-slice"}
+    updated = {o.operands[0]: o for o in outputs
+               if o.opcode in IN_PLACE and len(o.operands) > IN_PLACE[o.opcode]}
     reads = list(operand_sizes)
     for instruction in body:
         if instruction.opcode != "parameter":
@@ -124,9 +127,9 @@ def _fusion_traffic(body: list[Instruction], operand_sizes: list[int], result_si
             reads[index] = 0
     written = 0
     for output in outputs:
-        if output.opcode == "dynamic-update-slice" and output.operands[0] in by_name and \
+        if output in updated.values() and output.operands[0] in by_name and \
                 by_name[output.operands[0]].opcode == "parameter":
-            written += hbm_size(by_name[output.operands[1]].result)
+            written += hbm_size(by_name[output.operands[IN_PLACE[output.opcode]]].result)
         else:
             written += hbm_size(output.result)
     return sum(reads) + (written if updated else result_size)
@@ -157,6 +160,8 @@ def hbm_bytes(hlo_text: str) -> float:
                 total += _fusion_traffic(fused, operands, result)
             elif instruction.opcode == "dynamic-update-slice":
                 total += 2 * (operands[1] if len(operands) > 1 else 0)
+            elif instruction.opcode == "scatter":
+                total += sum(operands[1:2]) + 2 * sum(operands[2:3])
             elif instruction.opcode == "copy-start":
                 destination = _tuple_elements(instruction.result)[0]
                 total += operands[0] + hbm_size(destination)

@@ -174,7 +174,8 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
             last_hidden=a((num_rows, model_config.hidden_size), dtype),
             keys=a((num_rows,), jax.random.key(0).dtype), stop_state=a((num_rows,), jnp.int32),
             done=a((num_rows,), jnp.bool_), finish_reason=a((num_rows,), jnp.int8),
-            matched_stop=a((num_rows,), jnp.int8), num_steps=a((), jnp.int32))
+            matched_stop=a((num_rows,), jnp.int8), num_steps=a((), jnp.int32),
+            decode_start=a((num_rows,), jnp.int32))
         return jax.tree.map(lambda axes, s: inputs.sharded(s.shape, s.dtype, axes),
                             DecodeState.logical_axes(model_config.kv_quantized), shapes,
                             is_leaf=lambda x: isinstance(x, tuple))
@@ -225,7 +226,8 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
                                                         sharding=p.sharding), inputs.params)
 
     def layers(params, x, positions, mask, cache):
-        return nnx.merge(graphdef, params).run_layers(x, positions, mask, cache)
+        # Every token real: each is written at the slot of its position.
+        return nnx.merge(graphdef, params).run_layers(x, positions, mask, cache, slots=positions)
 
     def splash_prefill_layers(params, x, positions, segment_ids, cache):
         # As `Transformer.prefill` with splash attention: the prompt attends over itself.

@@ -69,17 +69,17 @@ class QuantizedKV:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Preallocated keys/values of every layer, in the stacked-layer layout.
+    """Preallocated keys/values of every layer, in the stacked-layer layout, filled per row.
 
     k, v: [L, B, S, K, Dh] in the compute dtype, or `QuantizedKV` (config.kv_cache_dtype
-    "int8"); valid: [B, S] marks slots holding a real token; end: [] int32, slots
-    [0, end) have been written (valid or padding).
+    "int8"); lengths: [B] int32: row b's tokens fill slots [0, lengths[b]) in order, one
+    real token per slot (padding is never written), and later slots are free. Rows grow
+    independently: a row that stops stops growing, and a step reads only what its rows hold.
     """
 
     k: jax.Array | QuantizedKV
     v: jax.Array | QuantizedKV
-    valid: jax.Array
-    end: jax.Array
+    lengths: jax.Array
 
     @classmethod
     def create(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
@@ -91,19 +91,24 @@ class KVCache:
                                    scale=jnp.zeros(shape[:-1], jnp.float32))
             return jnp.zeros(shape, config.dtype)
 
-        return cls(k=empty(), v=empty(), valid=jnp.zeros((batch, max_len), bool),
-                   end=jnp.zeros((), jnp.int32))
+        return cls(k=empty(), v=empty(), lengths=jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.valid.shape[1]
+        k = self.k.values if isinstance(self.k, QuantizedKV) else self.k
+        return k.shape[2]
+
+    @property
+    def valid(self) -> jax.Array:
+        """[B, S] bool: the slots holding a token."""
+        return jnp.arange(self.max_len)[None, :] < self.lengths[:, None]
 
     @staticmethod
     def logical_axes(quantized: bool = False) -> "KVCache":
         kv = ("layers", "batch", None, "act_kv_heads", None)
         if quantized:
             kv = QuantizedKV(values=kv, scale=kv[:-1])
-        return KVCache(k=kv, v=kv, valid=("batch", None), end=())
+        return KVCache(k=kv, v=kv, lengths=("batch",))
 
 
 class DecoderLayers(nnx.Module):
@@ -178,34 +183,36 @@ class Transformer(nnx.Module):
 
     def prefill(self, input_ids: jax.Array, token_valid: jax.Array,
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """`extend` into an empty cache (`cache.end` 0, nothing valid): the tokens attend
-        only to each other, so with splash attention they run through the kernel over
-        their own T slots instead of a [T, S] mask over the whole cache."""
+        """`extend` into an empty cache (every length 0): the tokens attend only to each
+        other, so with splash attention they run through the kernel over their own T slots
+        instead of a [T, S] mask over the whole cache."""
         if self.config.attention != "splash":
             return self.extend(input_ids, token_valid, cache)
         token_valid = token_valid.astype(bool)
-        positions = layers.positions_from_mask(token_valid)
-        valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, cache.end))
+        positions, slots, _ = extend_inputs(token_valid, cache.lengths, cache.max_len, kv_len=0)
         mask = splash.Segments(splash.segment_ids_of(token_valid), new_tokens_only=True)
-        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=cache)
-        new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
-        return self.apply_final_norm(x), new_cache
+        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=cache,
+                                     slots=slots)
+        lengths = cache.lengths + token_valid.sum(axis=1, dtype=jnp.int32)
+        return self.apply_final_norm(x), KVCache(k=k, v=v, lengths=lengths)
 
     def extend(self, input_ids: jax.Array, token_valid: jax.Array, cache: KVCache,
                kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
-        """Appends T tokens per row at cache slot `cache.end` and runs them.
+        """Appends each row's real tokens after its own last one and runs them.
 
-        input_ids, token_valid: [B, T]; invalid tokens occupy slots but are never
-        attended to and do not advance positions. kv_len (static): attention reads only
-        the cache's first kv_len slots (the caller guarantees `cache.end + T <= kv_len`);
-        default all of them. Returns final-normed hidden states [B, T, D] and the updated
-        cache (end advanced by T).
+        input_ids, token_valid: [B, T], each row's real tokens first (a row may append
+        none); padding is neither written nor attended to. kv_len (static): attention reads
+        only the cache's first kv_len slots (the caller guarantees that every row's new
+        tokens land below it); default all of them. Returns final-normed hidden states
+        [B, T, D] (row b's last real token at index `token_valid[b].sum() - 1`) and the
+        updated cache.
         """
-        positions, valid, mask = extend_inputs(token_valid, cache.valid, cache.end, kv_len)
+        token_valid = token_valid.astype(bool)
+        positions, slots, mask = extend_inputs(token_valid, cache.lengths, cache.max_len, kv_len)
         x, (k, v) = self.run_layers(self.embed_tokens(input_ids), positions, mask, cache=cache,
-                                     kv_len=kv_len)
-        new_cache = KVCache(k=k, v=v, valid=valid, end=cache.end + input_ids.shape[1])
-        return self.apply_final_norm(x), new_cache
+                                     slots=slots, kv_len=kv_len)
+        lengths = cache.lengths + token_valid.sum(axis=1, dtype=jnp.int32)
+        return self.apply_final_norm(x), KVCache(k=k, v=v, lengths=lengths)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> logits [..., V] in fp32."""
@@ -231,13 +238,16 @@ class Transformer(nnx.Module):
         """The norm after the last layer. x: [B, T, D]."""
         return layers.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
-    def run_layers(self, x, positions, mask, cache: KVCache | None, kv_len: int | None = None):
+    def run_layers(self, x, positions, mask, cache: KVCache | None,
+                   slots: jax.Array | None = None, kv_len: int | None = None):
         """Every `decoder_layer` in a scan over the stacked weights (and cache). x: [B, T, D];
-        returns (x, (k, v)) with the updated stacked cache, or (x, None) without one."""
+        slots [B, T]: the cache slot of each new token (`extend_inputs`). Returns (x, (k, v))
+        with the updated stacked cache, or (x, None) without one."""
+        if cache is not None and slots is None:
+            raise ValueError("run_layers: a cache needs the slots its new tokens go to")
         config = self.config
         layer = functools.partial(decoder_layer, config=config, rules=self.rules,
-                                  positions=positions, mask=mask,
-                                  cache_end=None if cache is None else cache.end, kv_len=kv_len)
+                                  positions=positions, mask=mask, slots=slots, kv_len=kv_len)
         if config.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[config.remat],
                                    prevent_cse=False)
@@ -259,33 +269,44 @@ class Transformer(nnx.Module):
         return x, (k, v)
 
 
-def extend_inputs(token_valid: jax.Array, cache_valid: jax.Array, cache_end: jax.Array,
+def extend_inputs(token_valid: jax.Array, lengths: jax.Array, max_len: int,
                   kv_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Positions, cache validity and attention mask of T tokens appended at `cache_end`.
+    """Positions, cache slots and attention mask of T tokens appended to each row.
 
-    token_valid: [B, T]; cache_valid: [B, S] -> positions [B, T] (continuing each row's
-    count of valid slots), valid [B, S] (with the new tokens), mask [B, T, kv_len]
-    (causal over slots, valid slots only; kv_len defaults to S).
+    token_valid: [B, T], each row's real tokens first; lengths: [B], the slots each row
+    already fills; max_len: S. -> positions [B, T] (a row's token at position p sits in slot
+    p), slots [B, T] (where each token is written: S, out of range, for padding), mask
+    [B, T, kv_len] (each token sees its row's slots up to its own; kv_len defaults to S).
     """
-    token_valid = token_valid.astype(bool)
-    start = cache_valid.sum(axis=1, dtype=jnp.int32)[:, None]
-    positions = start + layers.positions_from_mask(token_valid)
-    valid = jax.lax.dynamic_update_slice(cache_valid, token_valid, (0, cache_end))
-    kv_len = valid.shape[1] if kv_len is None else kv_len
-    query_slot = cache_end + jnp.arange(token_valid.shape[1])
-    causal = jnp.arange(kv_len)[None, :] <= query_slot[:, None]  # [T, kv_len]
-    return positions, valid, causal[None] & valid[:, None, :kv_len]
+    positions = lengths[:, None] + jnp.arange(token_valid.shape[1], dtype=jnp.int32)[None, :]
+    slots = jnp.where(token_valid, positions, max_len)
+    kv_len = max_len if kv_len is None else kv_len
+    mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]
+    return positions, slots, mask
 
 
-def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cache_end,
-                   kv_len: int | None = None):
+def write_rows(buffer: jax.Array, values: jax.Array, slots: jax.Array) -> jax.Array:
+    """buffer [B, S, ...] with values [B, T, ...] written at slots [B, T] of their rows.
+
+    Slots outside [0, S) are skipped (padding). A scatter batched over rows, so that
+    the rows' sharding carries through it and each row's update happens in place.
+    """
+    def one_row(row, new, at):
+        return row.at[at].set(new.astype(row.dtype), mode="drop")
+
+    return jax.vmap(one_row)(buffer, values, slots)
+
+
+def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, slots,
+                  kv_len: int | None = None):
     """One pre-norm decoder block. x: [B, T, D].
 
     layer = (params, kv) with kv one of: None (no cache); (k_all, v_all, index) the stacked
     caches [L, B, S, K, Dh] and this layer's index; or a layer cache of another layout
-    with a method `attend(q, k, v, *, mask, cache_end, kv_len) -> (out, new cache)` (the
-    CPU decode loop's, `sampler/layer_loop.py`). The new keys/values are written at slot
-    `cache_end`; the updated cache comes back as (k_all, v_all) or the new layer cache.
+    with a method `attend(q, k, v, *, mask, slots, kv_len) -> (out, new cache)` (the
+    CPU decode loop's, `sampler/layer_loop.py`). The new keys/values are written at `slots`
+    [B, T] (`extend_inputs`); the updated cache comes back as (k_all, v_all) or the new
+    layer cache.
     Attention reads the cache's first `kv_len` slots (static; default all).
     """
     params, kv = layer
@@ -306,9 +327,9 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cach
     q = constrain(layers.apply_rope(q, positions, inv_freq), ("batch", None, "act_heads", None), rules)
     k = layers.apply_rope(k, positions, inv_freq)
     if hasattr(kv, "attend"):
-        out, new_cache = kv.attend(q, k, v, mask=mask, cache_end=cache_end, kv_len=kv_len)
+        out, new_cache = kv.attend(q, k, v, mask=mask, slots=slots, kv_len=kv_len)
     else:
-        out, new_cache = _attend_stacked(q, k, v, kv, mask=mask, cache_end=cache_end,
+        out, new_cache = _attend_stacked(q, k, v, kv, mask=mask, slots=slots,
                                          kv_len=kv_len, dtype=dtype, rules=rules)
     x = x + jnp.einsum("bthk,hkd->btd", out, p["wo"])
     x = constrain(x, ("batch", None, None), rules)
@@ -319,7 +340,7 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, cach
     return x, new_cache
 
 
-def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
+def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules):
     """`decoder_layer`'s attention with no cache (kv None) or the stacked caches
     (k_all, v_all, index). q: [B, T, H, Dh], k, v: [B, T, K, Dh] (the new tokens')."""
     new_k, new_v = k, v
@@ -327,7 +348,7 @@ def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
     k_scale = v_scale = None
     if kv is not None:
         k_all, v_all, index = kv
-        k_all, v_all = (_write_slots(all_, new, index, cache_end)
+        k_all, v_all = (_write_slots(all_, new, index, slots)
                         for all_, new in ((k_all, k), (v_all, v)))
         (k, k_scale), (v, v_scale) = (_layer_slots(all_, index) for all_ in (k_all, v_all))
         new_cache = (k_all, v_all)
@@ -347,16 +368,27 @@ def _attend_stacked(q, k, v, kv, *, mask, cache_end, kv_len, dtype, rules):
     return layers.attention(q, k, v, mask, k_scale, v_scale), new_cache
 
 
-def _write_slots(cache, new, index, cache_end):
-    """Layer `index`'s keys or values new [B, T, K, Dh] written at slots [cache_end,
-    cache_end + T) of the stacked cache [L, B, S, K, Dh] or its `QuantizedKV`."""
-    start = (index, 0, cache_end, 0, 0)
+def _write_slots(cache, new, index, slots):
+    """Layer `index`'s keys or values new [B, T, K, Dh] written at slots [B, T] of the
+    stacked cache [L, B, S, K, Dh] or its `QuantizedKV` (slots out of range: skipped)."""
     if isinstance(cache, QuantizedKV):
         values, scale = layers.quantize_kv(new)
-        return QuantizedKV(
-            values=jax.lax.dynamic_update_slice(cache.values, values[None], start),
-            scale=jax.lax.dynamic_update_slice(cache.scale, scale[None], start[:-1]))
-    return jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
+        return QuantizedKV(values=_scatter_layer_rows(cache.values, values, index, slots),
+                           scale=_scatter_layer_rows(cache.scale, scale, index, slots))
+    return _scatter_layer_rows(cache, new, index, slots)
+
+
+def _scatter_layer_rows(stacked, values, index, slots):
+    """stacked [L, B, S, ...] with values [B, T, ...] written at (index, b, slots[b, t]).
+
+    One scatter in place over the stacked array, indexed by (layer, row, slot): the row
+    index is an iota, which XLA's partitioner reads as a parallel dimension, so the update
+    stays split over rows like the cache. (A vmap over the rows, axis 1, would move them to
+    the front: a transposed copy of the whole cache; a scatter with batching dimensions is
+    expanded into a loop on TPU.)
+    """
+    rows = jnp.arange(slots.shape[0], dtype=jnp.int32)[:, None]
+    return stacked.at[index, rows, slots].set(values.astype(stacked.dtype), mode="drop")
 
 
 def _layer_slots(cache, index):

@@ -12,7 +12,7 @@ matmul over the model's [B, S, K, Dh] cache first copies it transposed, and one
 over a slice of a cache first copies the slice: at every step, for every layer,
 about a quarter of the decode time at 32 rows x 288 slots. Attending over whole
 chunks (`layers.attention_over_chunks`) reads each chunk in place, and a window's
-loop writes only into its last chunk.
+loop writes only into the chunks it reads.
 
 Each layer still runs the model's own `decoder_layer`, so the numbers are the
 model's (up to the order of the attention's fp32 sums). The price is a copy of
@@ -45,39 +45,47 @@ class LayerChunks:
     edges: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array,
-               cache_end: jax.Array, kv_len: int | None) -> tuple[jax.Array, "LayerChunks"]:
-        """Writes one token per row at slot `cache_end` and attends over the first `kv_len`.
+               slots: jax.Array, kv_len: int | None) -> tuple[jax.Array, "LayerChunks"]:
+        """Writes one token per row at its slot and attends over the first `kv_len` slots.
 
-        q: [B, 1, H, Dh], k, v: [B, 1, K, Dh], mask: [B, 1, kv_len]. kv_len (default all
-        slots) must be a chunk edge, and `cache_end` lie in the chunk that ends there: the
-        decode loop of that KV window only runs while it does.
+        q: [B, 1, H, Dh], k, v: [B, 1, K, Dh], slots: [B, 1] (S: nothing written), mask:
+        [B, 1, kv_len]. kv_len (default all slots) must be a chunk edge with every written
+        slot below it: the decode loop of that KV window only runs while they are.
         """
         if q.shape[1] != 1:
             raise ValueError(f"LayerChunks.attend takes one new token per row, got {q.shape[1]}")
         last = self.edges.index(self.edges[-1] if kv_len is None else kv_len) - 1
-        offset = (0, 0, cache_end - self.edges[last], 0)
-        written = [jax.lax.dynamic_update_slice(chunk, new.swapaxes(1, 2).astype(chunk.dtype),
-                                                offset)
-                   for chunk, new in ((self.k[last], k), (self.v[last], v))]
-        new_k = self.k[:last] + (written[0],) + self.k[last + 1:]
-        new_v = self.v[:last] + (written[1],) + self.v[last + 1:]
+        new_k, new_v = list(self.k), list(self.v)
+        for c in range(last + 1):
+            start, size = self.edges[c], self.edges[c + 1] - self.edges[c]
+            local = slots - start
+            local = jnp.where((local >= 0) & (local < size), local, size)   # size: skipped
+            new_k[c] = _write_heads_first(new_k[c], k, local)
+            new_v[c] = _write_heads_first(new_v[c], v, local)
         out = layers.attention_over_chunks(q, [c.astype(q.dtype) for c in new_k[:last + 1]],
                                            [c.astype(q.dtype) for c in new_v[:last + 1]], mask)
-        return out, LayerChunks(k=new_k, v=new_v, edges=self.edges)
+        return out, LayerChunks(k=tuple(new_k), v=tuple(new_v), edges=self.edges)
+
+
+def _write_heads_first(chunk: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+    """chunk [B, K, C, Dh] with new [B, T, K, Dh] written at slots [B, T] (C: skipped)."""
+    def one_row(row, new_row, at):   # row [K, C, Dh], new_row [T, K, Dh], at [T]
+        return row.at[:, at].set(new_row.swapaxes(0, 1).astype(row.dtype), mode="drop")
+
+    return jax.vmap(one_row)(chunk, new, slots)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class LayerCaches:
-    """The KV cache as L `LayerChunks`; valid [B, S]; end []."""
+    """The KV cache as L `LayerChunks`; lengths [B] as `KVCache.lengths`."""
 
     layers: tuple[LayerChunks, ...]
-    valid: jax.Array
-    end: jax.Array
+    lengths: jax.Array
 
     @property
     def max_len(self) -> int:
-        return self.valid.shape[1]
+        return self.layers[0].edges[-1]
 
 
 def split_cache(cache: KVCache, windows: Sequence[int]) -> LayerCaches:
@@ -91,7 +99,7 @@ def split_cache(cache: KVCache, windows: Sequence[int]) -> LayerCaches:
     return LayerCaches(
         layers=tuple(LayerChunks(k=chunks(cache.k, i), v=chunks(cache.v, i), edges=edges)
                      for i in range(cache.k.shape[0])),
-        valid=cache.valid, end=cache.end)
+        lengths=cache.lengths)
 
 
 def stack_cache(caches: LayerCaches) -> KVCache:
@@ -101,7 +109,7 @@ def stack_cache(caches: LayerCaches) -> KVCache:
 
     return KVCache(k=stacked([layer.k for layer in caches.layers]),
                    v=stacked([layer.v for layer in caches.layers]),
-                   valid=caches.valid, end=caches.end)
+                   lengths=caches.lengths)
 
 
 def layer_params(model: Transformer) -> list[dict[str, jax.Array]]:
@@ -116,15 +124,15 @@ def extend(model: Transformer, params: list[dict[str, jax.Array]], input_ids: ja
            kv_len: int | None = None) -> tuple[jax.Array, LayerCaches]:
     """`Transformer.extend` of one token per row over per-layer caches. input_ids,
     token_valid: [B, 1]; kv_len: a chunk edge (see `LayerChunks.attend`)."""
-    positions, valid, mask = extend_inputs(token_valid, caches.valid, caches.end, kv_len)
+    token_valid = token_valid.astype(bool)
+    positions, slots, mask = extend_inputs(token_valid, caches.lengths, caches.max_len, kv_len)
     run_layer = functools.partial(decoder_layer, config=model.config, rules=model.rules,
-                                  positions=positions, mask=mask, cache_end=caches.end,
-                                  kv_len=kv_len)
+                                  positions=positions, mask=mask, slots=slots, kv_len=kv_len)
     x = model.embed_tokens(input_ids)
     new_layers = []
     for layer, cache in zip(params, caches.layers):
         x, cache = run_layer(x, (layer, cache))
         new_layers.append(cache)
-    new_caches = LayerCaches(layers=tuple(new_layers), valid=valid,
-                             end=caches.end + input_ids.shape[1])
+    new_caches = LayerCaches(layers=tuple(new_layers),
+                             lengths=caches.lengths + token_valid.sum(axis=1, dtype=jnp.int32))
     return model.apply_final_norm(x), new_caches

@@ -217,11 +217,13 @@ class Sampler:
         longest = max(len(row) for row in injected)
         inject_len = 0 if longest == 0 else bucket_length(
             longest, self.inject_buckets, minimum=INJECT_MIN_BUCKET, name="inject_buckets")
-        free = state.cache.max_len - int(state.cache.end)
-        if inject_len > free:
-            raise ValueError(f"cache_len={state.cache.max_len} is too small: {free} free slots, "
-                             f"the injection needs {inject_len}; pass a larger cache_len to "
-                             "generate")
+        free = state.cache.max_len - np.asarray(jax.device_get(state.cache.lengths)) + retract
+        short = [b for b, row in enumerate(injected) if len(row) > free[b]]
+        if short:
+            b = short[0]
+            raise ValueError(f"cache_len={state.cache.max_len} is too small: row {b} has "
+                             f"{free[b]} free slots, its injection needs {len(injected[b])}; "
+                             "pass a larger cache_len to generate")
         ids, valid = left_pad(injected, inject_len, self.pad_id)
         if resume_rows is None:
             resume_rows = valid.any(axis=1)

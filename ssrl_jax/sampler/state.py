@@ -1,11 +1,11 @@
 """The sampler's decode state: KV cache plus per-slot outputs, one pytree.
 
 Per-slot arrays are aligned with the KV cache slots ([B, S]): slot j of row b
-holds the token whose keys/values sit in cache slot j. Slots a row did not use
-(prompt left padding, steps after it finished, injection padding) are labelled
+holds the token whose keys/values sit in cache slot j. A row's tokens fill its
+first `cache.lengths[b]` slots in order and the free slots after them are labelled
 `TokenSource.PAD`, so `sources != PAD` is exactly the cache's validity mask and
-the arrays can go straight into a masked forward pass (positions follow the
-mask). `row_outputs` gives the compact per-row view on the host.
+the arrays can go straight into a masked forward pass (right padding; positions
+follow the mask). `row_outputs` gives each row's tokens on the host.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class DecodeState:
     the row last (re)started; done [B] bool; finish_reason [B] int8
     (`FinishReason`); matched_stop [B] int8: index of the stop string that
     stopped the row, or -1; num_steps [] int32: decode iterations of the last
-    call.
+    call; decode_start [B] int32: each row's length when the last decode call began
+    (its tokens from there on are that call's).
     """
 
     cache: KVCache
@@ -48,6 +49,7 @@ class DecodeState:
     finish_reason: jax.Array
     matched_stop: jax.Array
     num_steps: jax.Array
+    decode_start: jax.Array
 
     @staticmethod
     def logical_axes(quantized_cache: bool = False) -> "DecodeState":
@@ -56,7 +58,7 @@ class DecodeState:
         return DecodeState(cache=KVCache.logical_axes(quantized_cache), tokens=slots, logprobs=slots,
                            entropies=slots, sources=slots, last_hidden=("batch", None), keys=row,
                            stop_state=row, done=row, finish_reason=row, matched_stop=row,
-                           num_steps=())
+                           num_steps=(), decode_start=row)
 
 
 @dataclasses.dataclass

@@ -56,7 +56,7 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
         plan = plan_search_r1_turn(
             tokens, sources, entropies, finish,
             SearchR1Counters(real, failed, invalid, actions, searches, entropy), ended,
-            first_decoded=int(first_decoded), steps=int(steps), max_new_tokens=max_new_tokens,
+            first_decoded=first_decoded, steps=int(steps), max_new_tokens=max_new_tokens,
             policy=policy, client=client, encode=encode, token_bytes=token_bytes,
             byte_lengths=byte_lengths)
         if on_queries is not None:
@@ -90,7 +90,7 @@ def search_r1_program(*, policy: SearchPolicy, client: Any, encode: Callable[[st
             state, counters, ended, steps, turns, _ = carry
             out = on_shards(row_ids, state.tokens, state.sources, state.entropies,
                             state.finish_reason, *counters, ended,
-                            state.cache.end - state.num_steps, steps)
+                            state.decode_start, steps)
             out = [constrain(x, ("batch",) + (None,) * (x.ndim - 1), batch_rules) for x in out]
             inject_ids, inject_valid, policy_len, retract, resume, ended = out[:6]
             counters = SearchR1Counters(*out[6:])

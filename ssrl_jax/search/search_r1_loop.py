@@ -83,18 +83,19 @@ class SearchR1Plan:
 
 def plan_search_r1_turn(tokens: np.ndarray, sources: np.ndarray, entropies: np.ndarray,
                         finish_reason: np.ndarray, counters: SearchR1Counters,
-                        ended: np.ndarray, *, first_decoded: int, steps: int,
+                        ended: np.ndarray, *, first_decoded: np.ndarray, steps: int,
                         max_new_tokens: int, policy: SearchPolicy, client: Any, encode: Encode,
                         token_bytes: Sequence[bytes], byte_lengths: np.ndarray
                         ) -> SearchR1Plan:
     """Decides every live row of a shard after a turn (module docstring) and asks the
     retriever once for the shard's real queries.
 
-    tokens, sources, entropies: [N, S]; finish_reason, ended: [N]; first_decoded: the turn's
-    first decode slot; steps: decode steps of all turns so far; byte_lengths: [V].
+    tokens, sources, entropies: [N, S]; finish_reason, ended: [N]; first_decoded: [N], each
+    row's first slot decoded this turn (`DecodeState.decode_start`); steps: decode steps of all turns so far; byte_lengths: [V].
     """
     tokens, sources, entropies = np.asarray(tokens), np.asarray(sources), np.asarray(entropies)
     finish = np.asarray(finish_reason)
+    first_decoded = np.asarray(first_decoded)
     n = tokens.shape[0]
     real, failed, invalid, actions, searches, previous = (np.array(c, copy=True)
                                                           for c in counters)
@@ -109,7 +110,7 @@ def plan_search_r1_turn(tokens: np.ndarray, sources: np.ndarray, entropies: np.n
         slots = _response(tokens[b], sources[b])
         ids = tokens[b, slots]
         text = b"".join(token_bytes[t] for t in ids)
-        turn_start = int(byte_lengths[ids[slots < first_decoded]].sum())
+        turn_start = int(byte_lengths[ids[slots < first_decoded[b]]].sum())
         action = first_action(text[turn_start:])
         if (actions[b] >= policy.max_turns or steps >= max_new_tokens
                 or (action is not None and action[0] == "answer")):
@@ -183,11 +184,11 @@ def search_r1_rollout(sampler: Any, prompts: Sequence[Sequence[int]], *, policy:
                              stop_strings=stops)
     steps, turns = int(state.num_steps), 1
     while True:
-        tokens, sources, entropies, finish, end, num_steps = jax.device_get(
+        tokens, sources, entropies, finish, first_decoded = jax.device_get(
             (state.tokens, state.sources, state.entropies, state.finish_reason,
-             state.cache.end, state.num_steps))
+             state.decode_start))
         plan = plan_search_r1_turn(tokens, sources, entropies, finish, counters, ended,
-                                   first_decoded=int(end) - int(num_steps), steps=steps,
+                                   first_decoded=first_decoded, steps=steps,
                                    max_new_tokens=max_new_tokens, policy=policy, client=client,
                                    encode=encode, token_bytes=token_bytes,
                                    byte_lengths=byte_lengths)

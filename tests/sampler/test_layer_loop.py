@@ -11,34 +11,32 @@ from ssrl_jax.sampler import layer_loop
 WINDOWS = (24, 40, 48)
 
 
-def _random_cache(model, batch: int, end: int, seed: int = 0) -> KVCache:
-    cache = KVCache.create(model.config, batch, WINDOWS[-1])
+def _random_cache(model, lengths, seed: int = 0) -> KVCache:
+    cache = KVCache.create(model.config, len(lengths), WINDOWS[-1])
     rng = np.random.RandomState(seed)
-    valid = np.zeros((batch, WINDOWS[-1]), bool)
-    valid[:, :end] = rng.rand(batch, end) > 0.2
-    valid[:, 0] = True
     return KVCache(k=jnp.asarray(rng.randn(*cache.k.shape), jnp.float32),
                    v=jnp.asarray(rng.randn(*cache.v.shape), jnp.float32),
-                   valid=jnp.asarray(valid), end=jnp.int32(end))
+                   lengths=jnp.asarray(lengths, jnp.int32))
 
 
 def test_chunks_split_at_the_windows_and_stack_back(model):
-    cache = _random_cache(model, batch=3, end=30)
+    cache = _random_cache(model, [30, 2, 47])
     caches = layer_loop.split_cache(cache, WINDOWS)
     assert len(caches.layers) == model.config.num_layers
     kv_heads, head_dim = model.config.num_kv_heads, model.config.head_dim
     assert [c.shape for c in caches.layers[0].k] == [
         (3, kv_heads, 24, head_dim), (3, kv_heads, 16, head_dim), (3, kv_heads, 8, head_dim)]
     back = layer_loop.stack_cache(caches)
-    for name in ("k", "v", "valid", "end"):
+    for name in ("k", "v", "lengths"):
         np.testing.assert_array_equal(getattr(back, name), getattr(cache, name))
 
 
 @pytest.mark.parametrize("end", [16, 23, 24, 39, 47])
 def test_a_step_over_chunks_equals_the_model_extend(model, end):
-    """One token per row at slot `end`, read up to the window that holds it: same hidden
-    states and the same cache as the model's layer scan over the stacked cache."""
-    cache = _random_cache(model, batch=3, end=end, seed=end)
+    """One token per row after its last, the longest row's at slot `end`, read up to the
+    window that holds it (the other row's slot in an earlier chunk, or the same): same
+    hidden states and the same cache as the model's layer scan over the stacked cache."""
+    cache = _random_cache(model, [end, max(end - 17, 1), 9], seed=end)
     kv_len = next(w for w in WINDOWS if end < w)
     reads = None if kv_len == WINDOWS[-1] else kv_len
     ids = jnp.asarray([[5], [17], [3]], jnp.int32)
@@ -53,12 +51,11 @@ def test_a_step_over_chunks_equals_the_model_extend(model, end):
     for name in ("k", "v"):
         np.testing.assert_allclose(getattr(got_cache, name), getattr(want_cache, name),
                                    rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got_cache.valid, want_cache.valid)
-    assert int(got_cache.end) == end + 1
+    np.testing.assert_array_equal(got_cache.lengths, [end + 1, max(end - 17, 1) + 1, 9])
 
 
 def test_chunks_take_one_token_per_row(model):
-    caches = layer_loop.split_cache(_random_cache(model, batch=2, end=8), WINDOWS)
+    caches = layer_loop.split_cache(_random_cache(model, [8, 8]), WINDOWS)
     ids = jnp.zeros((2, 2), jnp.int32)
     with pytest.raises(ValueError, match="one new token per row"):
         layer_loop.extend(model, layer_loop.layer_params(model), ids, ids == 0, caches,

@@ -9,7 +9,6 @@ import pytest
 from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.eval.selfsearch import load_for_eval
 from ssrl_jax.sampler import GREEDY, Sampler, SamplingConfig, TokenSource, row_outputs
-from ssrl_jax.sampler.buckets import bucket_length, left_pad
 from ssrl_jax.sampler.sampler import row_keys
 from ssrl_jax.search import compiled_rollout
 from ssrl_jax.search.client import SearchClient
@@ -150,13 +149,13 @@ def test_one_callback_per_shard_on_a_mesh(model_dir, server_url, monkeypatch):
     mesh = make_mesh({"data": 2}, jax.devices()[:2])
     sampler, tok = _sampler(model_dir, mesh)
     prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
-    prompt_len = bucket_length(max(map(len, prompts)))
     rows_seen = []
     plan_turn = compiled_rollout.plan_turn
 
-    def recording_plan_turn(tokens, *args, **kwargs):
-        rows_seen.append(tuple(tuple(row[:prompt_len]) for row in np.asarray(tokens)))
-        return plan_turn(tokens, *args, **kwargs)
+    def recording_plan_turn(tokens, sources, *args, **kwargs):
+        rows_seen.append(tuple(tuple(row[src == TokenSource.PROMPT].tolist())
+                               for row, src in zip(np.asarray(tokens), np.asarray(sources))))
+        return plan_turn(tokens, sources, *args, **kwargs)
 
     monkeypatch.setattr(compiled_rollout, "plan_turn", recording_plan_turn)
     policy = _policy("entropy_guided")
@@ -168,8 +167,7 @@ def test_one_callback_per_shard_on_a_mesh(model_dir, server_url, monkeypatch):
         compiled_queries = client.reset_counters()["queries"]
     _assert_same(host, compiled)
     assert compiled_queries == host_queries
-    ids, _ = left_pad(prompts, prompt_len, sampler.pad_id)
-    shards = {tuple(map(tuple, ids[:2])), tuple(map(tuple, ids[2:]))}
+    shards = {tuple(map(tuple, prompts[:2])), tuple(map(tuple, prompts[2:]))}
     rounds = compiled.turns - 1
     assert rounds >= 2
     # Each round called the host once per shard, with that shard's two rows only.
