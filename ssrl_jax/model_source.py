@@ -67,10 +67,11 @@ def model_checkpoint_meta(config: ml_collections.ConfigDict) -> dict | None:
 
 def runtime_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     """The `ModelConfig` fields that `config.model` chooses for any checkpoint (ours, not
-    Hugging Face's): dtypes, rematerialisation, attention, the KV cache's dtype."""
+    Hugging Face's): dtypes, rematerialisation, attention, the KV cache's dtype, the decode
+    step's attention."""
     m = config.model
     return dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention,
-                kv_cache_dtype=m.kv_cache_dtype)
+                kv_cache_dtype=m.kv_cache_dtype, decode_attention=m.decode_attention)
 
 
 def model_builder(config: ml_collections.ConfigDict, model_dir: str | None, tokenizer: Any,

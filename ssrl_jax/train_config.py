@@ -17,8 +17,8 @@ from ssrl_jax.data.prompts import PROMPT_MODES, PROMPT_SOURCES
 from ssrl_jax.data.qa import SAMPLE_DATA
 from ssrl_jax.distributed import DISTRIBUTED_MODES
 from ssrl_jax.eval.scoring import CHAT_CHOICES
-from ssrl_jax.models.config import (ATTENTION_IMPLS, DTYPES, FAMILIES, KV_CACHE_DTYPES,
-                                     REMAT_POLICIES)
+from ssrl_jax.models.config import (ATTENTION_IMPLS, DECODE_ATTENTION_IMPLS, DTYPES, FAMILIES,
+                                     KV_CACHE_DTYPES, REMAT_POLICIES)
 from ssrl_jax.rl.format_rules import FORMAT_RULES
 from ssrl_jax.rl.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
 from ssrl_jax.rl.optimizer import LR_SCHEDULES
@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
     # The rollout's and the sampler's KV cache: "" the compute dtype, or "int8" (one scale
     # per slot and KV head; half the bytes of bf16 to hold and to read while decoding).
     c.model.kv_cache_dtype = ""
+    # A decode step's attention: "einsum" over the KV window, or "paged" (TPU: JAX's paged
+    # attention kernel over each row's own filled slots; a bf16 cache, head_dim a multiple of
+    # 128; opt-in: docs/performance.md has its roofline).
+    c.model.decode_attention = "einsum"
     c.model.cache_dir = "/tmp/ssrl_jax_models"  # local copy of a gs:// model.path
     # A randomly initialised model when model.path is empty (CPU runs and tests).
     c.model.random = ml_collections.ConfigDict(dict(
@@ -245,6 +249,7 @@ _CHECKS: dict[str, Check] = {
     "model.remat": _one_of(REMAT_POLICIES),
     "model.attention": _one_of(ATTENTION_IMPLS),
     "model.kv_cache_dtype": _one_of(KV_CACHE_DTYPES),
+    "model.decode_attention": _one_of(DECODE_ATTENTION_IMPLS),
     "model.cache_dir": _string,
     "model.random.family": _one_of(FAMILIES),
     "data.train_files": lambda v: None if isinstance(v, str) and v.strip() else

@@ -9,7 +9,8 @@ condition (nested loops, fusions, calls, async collectives).
 
 The roofline plan asks two more: how many bytes a chip sends over ICI in a program's
 collectives (`transfers`), and how many FLOPs the splash attention kernels do, which XLA's
-cost analysis cannot see inside a Mosaic custom call (`splash_flops`).
+cost analysis cannot see inside a Mosaic custom call (`splash_flops`); and whether the
+decode loop reads the cache through the paged attention kernel (`kernel_calls`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def loop_computations(comps: dict[str, list[str]], scope: str) -> set[str]:
         seen.add(name)
         stack += [c for line in comps[name] for c in _called(line) if c in comps]
     return seen
+
+
+def kernel_calls(comps: dict[str, list[str]], names: Iterable[str], kernel: str) -> int:
+    """How many Mosaic custom calls of the Pallas kernel traced as `jit(kernel)` (the
+    name JAX's kernel wrapper is jitted under, kept in the op_name) these computations hold."""
+    scope = f"jit({kernel})/"
+    return sum(1 for name in names for line in comps.get(name, ())
+               if 'custom_call_target="tpu_custom_call"' in line and scope in line)
 
 
 def gathers_in(comps: dict[str, list[str]], names: Iterable[str]) -> list[Collective]:

@@ -124,6 +124,7 @@ class MemoryPlan:
     decode_loop_all_gathers: int = 0
     decode_loop_weight_all_gathers: int = 0
     decode_loop_weight_gather_bytes: int = 0
+    decode_loop_paged_attention_kernels: int = 0   # per pass of the loop body
 
     def to_json(self) -> str:
         import json
@@ -161,7 +162,8 @@ class MemoryPlan:
             f"  peak                : {g(self.peak)}",
             f"  decode loop         : {self.decode_loop_weight_all_gathers} weight all-gathers "
             f"({g(self.decode_loop_weight_gather_bytes)} per pass of the loop body), "
-            f"{self.decode_loop_all_gathers} all-gathers in all",
+            f"{self.decode_loop_all_gathers} all-gathers in all, "
+            f"{self.decode_loop_paged_attention_kernels} paged attention kernels",
         ]
         if self.hbm_bytes_per_chip:
             share = self.peak / self.hbm_bytes_per_chip
@@ -235,7 +237,8 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
         with open(hlo_out, "w") as f:
             f.write(text)
     comps = hlo.computations(text)
-    in_loop = hlo.gathers_in(comps, hlo.loop_computations(comps, DECODE_LOOP_SCOPE))
+    decode_loop = hlo.loop_computations(comps, DECODE_LOOP_SCOPE)
+    in_loop = hlo.gathers_in(comps, decode_loop)
     shapes = hlo.weight_shapes([leaf.shape for leaf in jax.tree.leaves(params)],
                                [size for size in mesh.shape.values() if size > 1])
     weight_gathers = [c for c in in_loop if hlo.is_weight(c, shapes)]
@@ -270,4 +273,6 @@ def run(config_path: str, overrides: list[str] = (), devices: int | None = None,
         compiler_peak=getattr(analysis, "peak_memory_in_bytes", 0) or 0,
         decode_loop_all_gathers=len(in_loop),
         decode_loop_weight_all_gathers=len(weight_gathers),
-        decode_loop_weight_gather_bytes=sum(c.bytes for c in weight_gathers))
+        decode_loop_weight_gather_bytes=sum(c.bytes for c in weight_gathers),
+        decode_loop_paged_attention_kernels=hlo.kernel_calls(comps, decode_loop,
+                                                              "paged_attention"))

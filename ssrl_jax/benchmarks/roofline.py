@@ -119,6 +119,7 @@ class Programs:
     layer_at_prompt: Cost | None = None
     layer_at_full: Cost | None = None
     prefill_layer: Cost | None = None
+    paged_decode: bool = False   # the decode loop reads the cache through the paged kernel
 
 
 def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
@@ -129,6 +130,7 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
     import numpy as np
     import optax
     from flax import nnx
+    from jax.experimental.layout import Format, Layout
 
     from ssrl_jax.benchmarks.abstract_step import abstract_step
     from ssrl_jax.models import KVCache, splash
@@ -151,12 +153,24 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         inputs.compute_params, state_shardings(inputs.abstract_state, mesh, layout))
     stop = build_stop_table((), inputs.token_bytes)  # the self-search step stops at EOS only
 
+    paged_kernels = []   # the paged attention kernels each decode program holds
+
     def cost_of(fn, *args, donate: tuple[int, ...] = (), loops: int = 0) -> Cost:
         # The decode state and KV cache are donated, as the decode loop's carry is updated
-        # in place: without it the program would copy the whole cache at every step.
+        # in place: without it the program would copy the whole cache at every step. They
+        # take the layout the compiler picks (inside the step they are made, not passed in):
+        # with an entry parameter's default layout (slots minor where a head is 1 wide)
+        # the cache would be copied into the layout of its per-row scatter and back.
+        formats = tuple(jax.tree.map(
+            lambda s: Format(Layout.AUTO, s.sharding) if index in donate else s.sharding, arg)
+            for index, arg in enumerate(args))
         with jax.set_mesh(mesh):
-            compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
+            compiled = jax.jit(fn, in_shardings=formats, out_shardings=Format(Layout.AUTO),
+                               donate_argnums=donate).lower(*args).compile(
                 compiler_options=COMPILER_OPTIONS)
+        if loops:
+            comps = hlo.computations(compiled.as_text())
+            paged_kernels.append(hlo.kernel_calls(comps, comps, "paged_attention"))
         return program_cost(compiled, devices, q_per_kv, model_config.head_dim,
                             fn.__name__, loops)
 
@@ -264,7 +278,8 @@ def compile_programs(config, mesh, model_config, rollout: bool) -> Programs:
         prefill=cost_of(prefill, inputs.params, inputs.batch, inputs.key),
         layer_at_prompt=layer_cost(1, prompt_len, prefill=False),
         layer_at_full=layer_cost(1, slots, prefill=False),
-        prefill_layer=layer_cost(prompt_len, slots, prefill=True))
+        prefill_layer=layer_cost(prompt_len, slots, prefill=True),
+        paged_decode=all(paged_kernels))
 
 
 @dataclasses.dataclass
@@ -287,6 +302,10 @@ class StepCosts:
     decode_fixed: Cost      # a of a decode step's cost(w) = a + b w, w the slots it reads
     decode_per_slot: Cost   # b
     decode_around: Cost     # once per decode loop (layout copies in and out)
+    # The decode step reads each row's filled slots through the paged attention kernel
+    # (`models/paged.py`): the compiled call takes all S, the kernel copies in only the
+    # pages below each row's length.
+    paged_decode: bool
     prefill: Cost
     micro_batch: Cost       # one micro-batch of the update, optimizer excluded
     optimizer: Cost
@@ -422,6 +441,7 @@ def measure(config_path: str, overrides: list[str] = (), topology: str = "v5p:4x
         prompt_len=prompt_len, slots=slots, decode_steps=config.rollout.max_new_tokens,
         num_micro_batches=g.num_micro_batches, decode_fixed=at_prompt - per_slot * prompt_len,
         decode_per_slot=per_slot, decode_around=one.decode_around * depth,
+        paged_decode=one.paged_decode,
         prefill=deeper("prefill", "prefill_layer"),
         micro_batch=extrapolate(zero.learn, one.learn, depth) - optimizer,
         optimizer=optimizer, compile_s=compile_s,
@@ -431,10 +451,15 @@ def measure(config_path: str, overrides: list[str] = (), topology: str = "v5p:4x
 def estimate(costs: StepCosts, slots_read: Callable[[int], int] | None = None,
              schedule: str | None = None) -> RooflinePlan:
     """The roofline seconds of a step. `slots_read(step) -> int`: the cache slots decode
-    step `step` (0-based) reads; default the config's KV windows (`sampler/kv_windows.py`),
-    or all S slots at every step with one window (`schedule` names it)."""
+    step `step` (0-based) reads; default the prompt's and the step's slots when the decode
+    loop runs the paged attention kernel, else the config's KV windows
+    (`sampler/kv_windows.py`), or all S slots at every step with one window (`schedule`
+    names it)."""
     chip = costs.chip
-    if slots_read is None and len(costs.windows) > 1:
+    if slots_read is None and costs.paged_decode:
+        slots_read = lambda step: costs.prompt_len + step + 1  # noqa: E731
+        schedule = "the filled slots of each row (the paged attention kernel)"
+    elif slots_read is None and len(costs.windows) > 1:
         slots_read = lambda step: window_read(costs.windows, costs.prompt_len + step)  # noqa: E731
         schedule = f"up to the edge of its KV window ({', '.join(map(str, costs.windows))})"
     elif slots_read is None:

@@ -23,6 +23,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # Attention of whole sequences (training forward, scoring): einsum (exact, [T, T] scores in
 # memory) or splash (JAX's Pallas TPU kernel, blockwise; interpreted off TPU). models/splash.py.
 ATTENTION_IMPLS = ("einsum", "splash")
+# Attention of a decode step over the KV cache: einsum over the KV window (every backend), or
+# paged (JAX's Pallas TPU paged attention kernel over each row's own filled slots, for bf16
+# caches with head_dim a multiple of 128; interpreted off TPU). models/paged.py.
+DECODE_ATTENTION_IMPLS = ("einsum", "paged")
 DTYPES = ("float32", "bfloat16", "float16")
 # The KV cache's storage: "" the compute dtype; "int8" one byte a value plus an fp32 scale per
 # slot and KV head (half the bytes of bf16 to hold and to read at every decode step).
@@ -82,6 +86,7 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "einsum"
     kv_cache_dtype: str = ""
+    decode_attention: str = "einsum"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -102,6 +107,9 @@ class ModelConfig:
             raise ConfigError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention not in ATTENTION_IMPLS:
             raise ConfigError(f"attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
+        if self.decode_attention not in DECODE_ATTENTION_IMPLS:
+            raise ConfigError(f"decode_attention={self.decode_attention!r} is not one of "
+                              f"{DECODE_ATTENTION_IMPLS}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not one of "
                               f"{KV_CACHE_DTYPES}")

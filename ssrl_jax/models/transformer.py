@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssrl_jax.models import layers, splash
+from ssrl_jax.models import layers, paged, splash
 from ssrl_jax.models.config import ModelConfig
 from ssrl_jax.sharding import ShardingRules, constrain
 
@@ -330,7 +330,8 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, slot
         out, new_cache = kv.attend(q, k, v, mask=mask, slots=slots, kv_len=kv_len)
     else:
         out, new_cache = _attend_stacked(q, k, v, kv, mask=mask, slots=slots,
-                                         kv_len=kv_len, dtype=dtype, rules=rules)
+                                         kv_len=kv_len, dtype=dtype, rules=rules,
+                                         paged_lengths=_paged_lengths(config, kv, positions))
     x = x + jnp.einsum("bthk,hkd->btd", out, p["wo"])
     x = constrain(x, ("batch", None, None), rules)
 
@@ -340,9 +341,25 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, slot
     return x, new_cache
 
 
-def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules):
+def _paged_lengths(config: ModelConfig, kv, positions: jax.Array) -> jax.Array | None:
+    """[B]: the slots each row's query reads through the paged decode kernel (its own
+    token's included), when this layer runs it: a decode step (one token per row) over the
+    stacked bf16 cache with `decode_attention = "paged"`; else None (einsum)."""
+    decode_step = positions.shape[1] == 1 and kv is not None and not hasattr(kv, "attend")
+    if config.decode_attention != "paged" or not decode_step:
+        return None
+    k_all = kv[0]
+    if isinstance(k_all, QuantizedKV) or k_all.dtype != jnp.bfloat16 or \
+            not paged.supports(k_all.shape[2], k_all.shape[-1], quantized=False):
+        return None
+    return jnp.clip(positions[:, 0] + 1, 1, k_all.shape[2])
+
+
+def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules, paged_lengths=None):
     """`decoder_layer`'s attention with no cache (kv None) or the stacked caches
-    (k_all, v_all, index). q: [B, T, H, Dh], k, v: [B, T, K, Dh] (the new tokens')."""
+    (k_all, v_all, index). q: [B, T, H, Dh], k, v: [B, T, K, Dh] (the new tokens').
+    paged_lengths [B] (`_paged_lengths`): read each row's first slots through the paged
+    kernel, whatever kv_len says."""
     new_k, new_v = k, v
     new_cache = None
     k_scale = v_scale = None
@@ -352,6 +369,8 @@ def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules):
                         for all_, new in ((k_all, k), (v_all, v)))
         (k, k_scale), (v, v_scale) = (_layer_slots(all_, index) for all_ in (k_all, v_all))
         new_cache = (k_all, v_all)
+        if paged_lengths is not None:
+            return paged.paged_decode_attention(q, k, v, paged_lengths, rules), new_cache
     if kv_len is not None:
         k, v = k[:, :kv_len], v[:, :kv_len]
         if k_scale is not None:
