@@ -7,10 +7,9 @@ copies, per row and KV head, only the pages below the row's length into on-chip 
 a step's cache reads follow the rows' own lengths (the compact cache, `KVCache.lengths`).
 
 The kernel takes pages [K, pages, page_size, Dh]. A layer of the stacked cache is
-[B, S, K, Dh]; with the KV heads moved to the front it is [K, B, S, Dh], which is the
-pages of every row back to back: row b's page j is page b * (S / page_size) + j. In the
-decode loop XLA lays the cache out heads-major already (its minor-to-major order is
-Dh, S, B, K), so moving the heads is a relabelling, not a copy. Mosaic kernels are not
+[K, B, S, Dh] (`KVCache`: heads first), which is the pages of every row back to back: row
+b's page j is page b * (S / page_size) + j, and the pages are a reshape, not a copy.
+Mosaic kernels are not
 partitioned by XLA: under a mesh the kernel runs per shard in `shard_map` (rows over the
 batch axes, KV heads over tensor). Off TPU it runs in Pallas' TPU interpret mode (slow: for
 tests). The kernel reads K and V as bf16 whatever their dtype, so the model uses it for bf16
@@ -59,7 +58,7 @@ def paged_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: ja
                            rules: ShardingRules | None = None) -> jax.Array:
     """One query per row over the first lengths[b] slots of its row.
 
-    q: [B, 1, H, Dh]; k, v: [B, S, K, Dh] (one layer of the cache, the new token written);
+    q: [B, 1, H, Dh]; k, v: [K, B, S, Dh] (one layer of the cache, the new token written);
     lengths: [B] int32, >= 1. -> [B, 1, H, Dh] in q.dtype (softmax in fp32 in the kernel).
     """
     local = functools.partial(_attend, interpret=target_platform() != "tpu")
@@ -67,11 +66,11 @@ def paged_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: ja
     if rules is None or mesh.empty:
         return local(q, k, v, lengths)
     q_spec = rules.spec(("batch", None, "act_heads", None), q.shape, mesh)
-    kv_spec = rules.spec(("batch", None, "act_kv_heads", None), k.shape, mesh)
-    if kv_spec[2] != q_spec[2]:
+    kv_spec = rules.spec(("act_kv_heads", "batch", None, None), k.shape, mesh)
+    if kv_spec[0] != q_spec[2]:
         # KV heads not split like the query heads (e.g. 2 KV heads, tensor = 4): each
         # shard reads its query heads' KV heads whole.
-        q_spec = PartitionSpec(q_spec[0], None, kv_spec[2], None)
+        q_spec = PartitionSpec(q_spec[0], None, kv_spec[0], None)
     rows = PartitionSpec(q_spec[0])
     return jax.shard_map(local, in_specs=(q_spec, kv_spec, kv_spec, rows), out_specs=q_spec,
                          check_vma=False)(q, k, v, lengths)
@@ -79,12 +78,12 @@ def paged_decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: ja
 
 def _attend(q, k, v, lengths, *, interpret: bool):
     """The kernel on one shard's rows and heads (shapes as `paged_decode_attention`)."""
-    rows, slots, kv_heads, head_dim = k.shape
+    kv_heads, rows, slots, head_dim = k.shape
     page, per_block = page_layout(slots)
     pages_per_row = slots // page
 
-    def pages(x):   # [B, S, K, Dh] -> [K, B * S / page, page, Dh]
-        return x.transpose(2, 0, 1, 3).reshape(kv_heads, rows * pages_per_row, page, head_dim)
+    def pages(x):   # [K, B, S, Dh] -> [K, B * S / page, page, Dh]
+        return x.reshape(kv_heads, rows * pages_per_row, page, head_dim)
 
     page_indices = (jnp.arange(rows, dtype=jnp.int32)[:, None] * pages_per_row
                     + jnp.arange(pages_per_row, dtype=jnp.int32)[None, :])

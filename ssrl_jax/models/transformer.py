@@ -59,7 +59,7 @@ def layer_param_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], 
 class QuantizedKV:
     """int8 keys or values with their scales (`layers.quantize_kv`): x ~= values * scale.
 
-    values: [L, B, S, K, Dh] int8; scale: [L, B, S, K] fp32, one per slot and KV head.
+    values: [L, K, B, S, Dh] int8; scale: [L, K, B, S] fp32, one per slot and KV head.
     """
 
     values: jax.Array
@@ -71,10 +71,12 @@ class QuantizedKV:
 class KVCache:
     """Preallocated keys/values of every layer, in the stacked-layer layout, filled per row.
 
-    k, v: [L, B, S, K, Dh] in the compute dtype, or `QuantizedKV` (config.kv_cache_dtype
+    k, v: [L, K, B, S, Dh] in the compute dtype, or `QuantizedKV` (config.kv_cache_dtype
     "int8"); lengths: [B] int32: row b's tokens fill slots [0, lengths[b]) in order, one
     real token per slot (padding is never written), and later slots are free. Rows grow
     independently: a row that stops stops growing, and a step reads only what its rows hold.
+    KV heads come first: a layer's [K, B, S, Dh] is every row's slots back to back per head,
+    the pages the paged decode kernel reads (`models/paged.py`) with no copy.
     """
 
     k: jax.Array | QuantizedKV
@@ -83,7 +85,7 @@ class KVCache:
 
     @classmethod
     def create(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, config.num_kv_heads, batch, max_len, config.head_dim)
 
         def empty():
             if config.kv_quantized:
@@ -96,7 +98,7 @@ class KVCache:
     @property
     def max_len(self) -> int:
         k = self.k.values if isinstance(self.k, QuantizedKV) else self.k
-        return k.shape[2]
+        return k.shape[3]
 
     @property
     def valid(self) -> jax.Array:
@@ -105,7 +107,7 @@ class KVCache:
 
     @staticmethod
     def logical_axes(quantized: bool = False) -> "KVCache":
-        kv = ("layers", "batch", None, "act_kv_heads", None)
+        kv = ("layers", "act_kv_heads", "batch", None, None)
         if quantized:
             kv = QuantizedKV(values=kv, scale=kv[:-1])
         return KVCache(k=kv, v=kv, lengths=("batch",))
@@ -302,7 +304,7 @@ def decoder_layer(x, layer, *, config: ModelConfig, rules, positions, mask, slot
     """One pre-norm decoder block. x: [B, T, D].
 
     layer = (params, kv) with kv one of: None (no cache); (k_all, v_all, index) the stacked
-    caches [L, B, S, K, Dh] and this layer's index; or a layer cache of another layout
+    caches [L, K, B, S, Dh] and this layer's index; or a layer cache of another layout
     with a method `attend(q, k, v, *, mask, slots, kv_len) -> (out, new cache)` (the
     CPU decode loop's, `sampler/layer_loop.py`). The new keys/values are written at `slots`
     [B, T] (`extend_inputs`); the updated cache comes back as (k_all, v_all) or the new
@@ -350,9 +352,9 @@ def _paged_lengths(config: ModelConfig, kv, positions: jax.Array) -> jax.Array |
         return None
     k_all = kv[0]
     if isinstance(k_all, QuantizedKV) or k_all.dtype != jnp.bfloat16 or \
-            not paged.supports(k_all.shape[2], k_all.shape[-1], quantized=False):
+            not paged.supports(k_all.shape[3], k_all.shape[-1], quantized=False):
         return None
-    return jnp.clip(positions[:, 0] + 1, 1, k_all.shape[2])
+    return jnp.clip(positions[:, 0] + 1, 1, k_all.shape[3])
 
 
 def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules, paged_lengths=None):
@@ -371,6 +373,9 @@ def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules, paged_len
         new_cache = (k_all, v_all)
         if paged_lengths is not None:
             return paged.paged_decode_attention(q, k, v, paged_lengths, rules), new_cache
+        k, v = k.transpose(1, 2, 0, 3), v.transpose(1, 2, 0, 3)      # [B, S, K, Dh]
+        if k_scale is not None:
+            k_scale, v_scale = k_scale.transpose(1, 2, 0), v_scale.transpose(1, 2, 0)
     if kv_len is not None:
         k, v = k[:, :kv_len], v[:, :kv_len]
         if k_scale is not None:
@@ -389,7 +394,7 @@ def _attend_stacked(q, k, v, kv, *, mask, slots, kv_len, dtype, rules, paged_len
 
 def _write_slots(cache, new, index, slots):
     """Layer `index`'s keys or values new [B, T, K, Dh] written at slots [B, T] of the
-    stacked cache [L, B, S, K, Dh] or its `QuantizedKV` (slots out of range: skipped)."""
+    stacked cache [L, K, B, S, Dh] or its `QuantizedKV` (slots out of range: skipped)."""
     if isinstance(cache, QuantizedKV):
         values, scale = layers.quantize_kv(new)
         return QuantizedKV(values=_scatter_layer_rows(cache.values, values, index, slots),
@@ -398,20 +403,26 @@ def _write_slots(cache, new, index, slots):
 
 
 def _scatter_layer_rows(stacked, values, index, slots):
-    """stacked [L, B, S, ...] with values [B, T, ...] written at (index, b, slots[b, t]).
+    """stacked [L, K, B, S, ...] with values [B, T, K, ...] written at
+    (index, k, b, slots[b, t]).
 
-    One scatter in place over the stacked array, indexed by (layer, row, slot): the row
-    index is an iota, which XLA's partitioner reads as a parallel dimension, so the update
-    stays split over rows like the cache. (A vmap over the rows, axis 1, would move them to
-    the front: a transposed copy of the whole cache; a scatter with batching dimensions is
-    expanded into a loop on TPU.)
+    One scatter in place over the stacked array, indexed by (layer, head, row, slot): the
+    head and row indices are iotas, which XLA's partitioner reads as parallel dimensions,
+    so the update stays split over heads and rows like the cache. Each update window is
+    one head's Dh values, so XLA keeps the cache heads-major (with the heads in the window
+    it lays the cache out [B, S, K, Dh] and copies it for the paged kernel). (A vmap over
+    the rows would move them to the front: a transposed copy of the whole cache; a scatter
+    with batching dimensions is expanded into a loop on TPU.)
     """
-    rows = jnp.arange(slots.shape[0], dtype=jnp.int32)[:, None]
-    return stacked.at[index, rows, slots].set(values.astype(stacked.dtype), mode="drop")
+    heads = jnp.arange(stacked.shape[1], dtype=jnp.int32)[:, None, None]
+    rows = jnp.arange(slots.shape[0], dtype=jnp.int32)[None, :, None]
+    values = jnp.moveaxis(values, 2, 0)          # [K, B, T, ...]
+    return stacked.at[index, heads, rows, slots[None]].set(values.astype(stacked.dtype),
+                                                          mode="drop")
 
 
 def _layer_slots(cache, index):
-    """Layer `index` of a stacked cache: (values [B, S, K, Dh], scales [B, S, K] or None)."""
+    """Layer `index` of a stacked cache: (values [K, B, S, Dh], scales [K, B, S] or None)."""
     take = functools.partial(jax.lax.dynamic_index_in_dim, index=index, keepdims=False)
     if isinstance(cache, QuantizedKV):
         return take(cache.values), take(cache.scale)

@@ -8,7 +8,7 @@ each step read weights in place and update its cache slot in place.
 
 Each layer's cache is also laid out for XLA:CPU's batched matmuls: heads before
 slots ([B, K, C, Dh]), and cut into chunks at the KV windows' edges. A batched
-matmul over the model's [B, S, K, Dh] cache first copies it transposed, and one
+matmul over a [B, S, K, Dh] layer of the cache first copies it transposed, and one
 over a slice of a cache first copies the slice: at every step, for every layer,
 about a quarter of the decode time at 32 rows x 288 slots. Attending over whole
 chunks (`layers.attention_over_chunks`) reads each chunk in place, and a window's
@@ -93,7 +93,7 @@ def split_cache(cache: KVCache, windows: Sequence[int]) -> LayerCaches:
     edges = (0, *windows)
 
     def chunks(stacked: jax.Array, layer: int) -> tuple[jax.Array, ...]:
-        return tuple(stacked[layer, :, start:end].swapaxes(1, 2)
+        return tuple(stacked[layer, :, :, start:end].swapaxes(0, 1)
                      for start, end in zip(edges, edges[1:]))
 
     return LayerCaches(
@@ -104,7 +104,7 @@ def split_cache(cache: KVCache, windows: Sequence[int]) -> LayerCaches:
 
 def stack_cache(caches: LayerCaches) -> KVCache:
     def stacked(per_layer: Sequence[tuple[jax.Array, ...]]) -> jax.Array:
-        return jnp.stack([jnp.concatenate(chunks, axis=2).swapaxes(1, 2)
+        return jnp.stack([jnp.concatenate(chunks, axis=2).swapaxes(0, 1)
                           for chunks in per_layer])
 
     return KVCache(k=stacked([layer.k for layer in caches.layers]),

@@ -71,3 +71,5 @@ def test_our_fields_are_validated():
         preset("Qwen3-0.6B", remat="sometimes")
     with pytest.raises(ConfigError, match="param_dtype='int8'"):
         preset("Qwen3-0.6B", param_dtype="int8")
+    with pytest.raises(ConfigError, match="decode_attention='ragged'"):
+        preset("Qwen3-0.6B", decode_attention="ragged")

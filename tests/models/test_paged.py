@@ -36,6 +36,15 @@ def qkv():
     return q, k, v
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+    """[B, S, K, Dh] -> [K, B, S, Dh], the cache's layout."""
+    return x.transpose(2, 0, 1, 3)
+
+
+def kernel(q, k, v, lengths, rules=None):
+    return paged.paged_decode_attention(q, heads_first(k), heads_first(v), lengths, rules)
+
+
 def reference(q, k, v, lengths):
     mask = jnp.arange(k.shape[1])[None, None, :] < lengths[:, None, None]
     return layers.attention(q, k, v, mask)
@@ -43,7 +52,7 @@ def reference(q, k, v, lengths):
 
 def test_the_kernel_equals_einsum_attention_over_each_rows_filled_slots(qkv):
     q, k, v = qkv
-    got = paged.paged_decode_attention(q, k, v, LENGTHS)
+    got = kernel(q, k, v, LENGTHS)
     np.testing.assert_allclose(np.asarray(got), np.asarray(reference(q, k, v, LENGTHS)),
                                atol=1e-5)
 
@@ -52,23 +61,23 @@ def test_slots_past_a_rows_length_are_not_read(qkv):
     q, k, v = qkv
     past = jnp.arange(SLOTS)[None, :, None, None] >= LENGTHS[:, None, None, None]
     garbage = jnp.where(past, 1e4, k), jnp.where(past, -1e4, v)
-    np.testing.assert_array_equal(np.asarray(paged.paged_decode_attention(q, *garbage, LENGTHS)),
-                                  np.asarray(paged.paged_decode_attention(q, k, v, LENGTHS)))
+    np.testing.assert_array_equal(np.asarray(kernel(q, *garbage, LENGTHS)),
+                                  np.asarray(kernel(q, k, v, LENGTHS)))
 
 
 def test_bf16_is_within_a_loose_bound_of_the_einsum_path(qkv):
     q, k, v = (x.astype(jnp.bfloat16) for x in qkv)
-    got = np.asarray(paged.paged_decode_attention(q, k, v, LENGTHS), np.float32)
+    got = np.asarray(kernel(q, k, v, LENGTHS), np.float32)
     expected = np.asarray(reference(q, k, v, LENGTHS), np.float32)
     assert got.dtype == np.float32 and np.abs(got - expected).max() < 2e-2
 
 
 def test_sharded_rows_and_heads_equal_the_unsharded_kernel(qkv, eight_devices):
     q, k, v = qkv
-    expected = paged.paged_decode_attention(q, k, v, LENGTHS)
+    expected = kernel(q, k, v, LENGTHS)
     mesh = make_mesh({"fsdp": 4, "tensor": 2})   # 4 rows over fsdp, 2 KV heads over tensor
     with jax.set_mesh(mesh):
-        got = jax.jit(lambda *a: paged.paged_decode_attention(*a, ShardingRules()))(
+        got = jax.jit(lambda *a: kernel(*a, ShardingRules()))(
             q, k, v, LENGTHS)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
 

@@ -40,7 +40,7 @@ def _assert_same(model, lengths):
     filled = np.asarray(whole.valid)  # [B, S]: compare the keys / values of the used slots
     for got, want in ((blocked.k, whole.k), (blocked.v, whole.v)):
         got, want = np.asarray(got), np.asarray(want)
-        np.testing.assert_allclose(got[:, filled], want[:, filled], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[:, :, filled], want[:, :, filled], rtol=1e-5, atol=1e-5)
     has = np.asarray(valid.any(axis=1))
     np.testing.assert_allclose(np.asarray(blocked_last)[has],
                                np.asarray(last_real(whole_hidden, valid))[has],

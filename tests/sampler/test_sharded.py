@@ -32,7 +32,7 @@ def test_sharded_greedy_equals_unsharded(model, model_dir, mesh):
 
     spec = state.tokens.sharding.spec
     assert spec[0] == ("data", "fsdp"), spec
-    assert state.cache.k.sharding.spec[1] == ("data", "fsdp")
+    assert state.cache.k.sharding.spec[2] == ("data", "fsdp")
     for got, want in zip(first + second, ref_first + ref_second):
         np.testing.assert_array_equal(got.tokens, want.tokens)
         np.testing.assert_array_equal(got.sources, want.sources)

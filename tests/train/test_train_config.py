@@ -177,6 +177,16 @@ def test_paper_configs_keep_matmul_outputs_for_the_backward(name):
     assert model_config_of(c).remat == "dots"
 
 
+@pytest.mark.parametrize("name", ["llama3b", "llama8b", "qwen2_5_7b", "qwen3_8b"])
+def test_paper_configs_decode_through_the_paged_kernel(name):
+    from ssrl_jax.benchmarks.memory import model_config_of
+
+    c = load(name)
+    assert c.model.decode_attention == "paged" and tc.default_config().model.decode_attention \
+        == "einsum"
+    assert model_config_of(c).decode_attention == "paged"
+
+
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan")])
 def test_max_log_ratio_must_be_finite_and_positive(value):
     c = load("smoke")
