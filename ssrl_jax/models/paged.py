@@ -9,11 +9,10 @@ a step's cache reads follow the rows' own lengths (the compact cache, `KVCache.l
 The kernel takes pages [K, pages, page_size, Dh]. A layer of the stacked cache is
 [K, B, S, Dh] (`KVCache`: heads first), which is the pages of every row back to back: row
 b's page j is page b * (S / page_size) + j, and the pages are a reshape, not a copy.
-Mosaic kernels are not
-partitioned by XLA: under a mesh the kernel runs per shard in `shard_map` (rows over the
-batch axes, KV heads over tensor). Off TPU it runs in Pallas' TPU interpret mode (slow: for
-tests). The kernel reads K and V as bf16 whatever their dtype, so the model uses it for bf16
-caches only (`Transformer` with `attention = "splash"`: the TPU kernels).
+Mosaic kernels are not partitioned by XLA: under a mesh the kernel runs per shard in
+`shard_map` (rows over the batch axes, KV heads over tensor). Off TPU it runs in Pallas' TPU
+interpret mode (slow: for tests). The kernel reads K and V as bf16 whatever their dtype, so
+the model uses it for bf16 caches only (`ModelConfig.decode_attention = "paged"`).
 """
 
 from __future__ import annotations
