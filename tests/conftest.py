@@ -2,6 +2,7 @@
 
 import os
 
+from tests.short_prompts import write_short_prompt_qa
 from tests.xla_flags import xla_flags
 
 # Must happen before JAX initialises its backends.
@@ -45,6 +46,12 @@ class CompileCounter:
 
     def __exit__(self, *exc):
         self.active = False
+
+
+@pytest.fixture(scope="session")
+def short_qa(tmp_path_factory):
+    """The sample QA rows with short prompts of their own (tests/short_prompts.py)."""
+    return write_short_prompt_qa(tmp_path_factory.mktemp("short_qa") / "sample_short.jsonl")
 
 
 @pytest.fixture(scope="session")

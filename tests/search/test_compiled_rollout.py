@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 
-from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.eval.selfsearch import load_for_eval
 from ssrl_jax.sampler import GREEDY, Sampler, SamplingConfig, TokenSource, row_outputs
 from ssrl_jax.sampler.sampler import row_keys
@@ -17,6 +16,7 @@ from ssrl_jax.search.rollout import SearchPolicy, rollout_cache_len, search_roll
 from ssrl_jax.search.sampler_search import SamplerSearch
 from ssrl_jax.sharding import ShardingRules, make_mesh
 from tests.search.search_model import write_searching_model
+from tests.short_prompts import short_prompt_ids
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?", "Where?",
              "Who painted it?"]
@@ -40,7 +40,7 @@ def _sampler(model_dir, mesh=None):
 @pytest.fixture(scope="module")
 def setup(model_dir):
     sampler, tok = _sampler(model_dir)
-    prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
+    prompts = [short_prompt_ids(q, tok) for q in QUESTIONS]
     return sampler, tok, prompts
 
 
@@ -148,7 +148,7 @@ def test_search_r1_protocol_matches_its_host_loop(setup, server_url, mode, sampl
 def test_one_callback_per_shard_on_a_mesh(model_dir, server_url, monkeypatch):
     mesh = make_mesh({"data": 2}, jax.devices()[:2])
     sampler, tok = _sampler(model_dir, mesh)
-    prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
+    prompts = [short_prompt_ids(q, tok) for q in QUESTIONS]
     rows_seen = []
     plan_turn = compiled_rollout.plan_turn
 

@@ -3,12 +3,12 @@ CPU devices on loopback, as tests/train/test_multihost.py): each host's retrieve
 serves the rows it holds, each host scores whole groups, and the run equals one process with
 8 devices, search counts included."""
 
-import json
 
 import numpy as np
 import pytest
 
 from tests.search.search_model import write_searching_model
+from tests.short_prompts import write_short_prompt_qa
 from tests.train.test_multihost import _env, _finish, _metrics, _start_cluster
 
 COMPARED = ("reward", "exact_match", "gold_exact_match", "loss", "kl", "grad_norm",
@@ -29,8 +29,8 @@ def overrides(tmp_path_factory, server_url):
             ("q6", "Which city hosted the 1896 Olympics?", ["Athens"]),
             ("q7", "Which city is the capital of France?", ["Paris"]),
             ("q8", "Which river is the longest?", ["Nile"])]
-    data.write_text("".join(json.dumps({"id": i, "question": q, "golden_answers": g,
-                                        "data_source": "nq"}) + "\n" for i, q, g in rows))
+    write_short_prompt_qa(data, [{"id": i, "question": q, "golden_answers": g,
+                                  "data_source": "nq"} for i, q, g in rows])
     # 8 prompts x 2 responses = 16 rows on fsdp=4 x tensor=2: each host holds 8 rows, and its
     # retriever and scoring callbacks get 2 rows (one whole group) per device.
     return [f"--config.model.path={model}", "--config.model.tokenizer=",

@@ -4,13 +4,13 @@
 import numpy as np
 import pytest
 
-from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.rl.masks import loss_mask
 from ssrl_jax.sampler import GREEDY, TokenSource
 from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.rollout import (SearchPolicy, injection_rounds, last_query, search_rollout,
                                      wants_real)
 from tests.search.search_model import searching_sampler
+from tests.short_prompts import short_prompt_ids
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?", "Where?"]
 
@@ -18,7 +18,7 @@ QUESTIONS = ["What is the capital of France?", "Which river is the largest?", "W
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     sampler, tok = searching_sampler(tmp_path_factory.mktemp("searching_model"))
-    prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
+    prompts = [short_prompt_ids(q, tok) for q in QUESTIONS]
     return sampler, tok, prompts
 
 

@@ -5,13 +5,13 @@ scripted searching model (search_model.py) against a real server on loopback."""
 import numpy as np
 import pytest
 
-from ssrl_jax.data.prompts import prompt_token_ids
 from ssrl_jax.sampler import GREEDY, TokenSource
 from ssrl_jax.protocol import INVALID_ACTION_OBSERVATION
 from ssrl_jax.search.client import SearchClient
 from ssrl_jax.search.rollout import SearchPolicy, search_rollout
 from ssrl_jax.search.turns import first_action, kept_bytes, retokenize
 from tests.search.search_model import searching_sampler
+from tests.short_prompts import short_prompt_ids
 
 QUESTIONS = ["What is the capital of France?", "Which river is the largest?"]
 
@@ -19,7 +19,7 @@ QUESTIONS = ["What is the capital of France?", "Which river is the largest?"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     sampler, tok = searching_sampler(tmp_path_factory.mktemp("searching_model"))
-    prompts = [prompt_token_ids(q, tokenizer=tok, chat=False) for q in QUESTIONS]
+    prompts = [short_prompt_ids(q, tok) for q in QUESTIONS]
     encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     return sampler, tok, prompts, encode
 

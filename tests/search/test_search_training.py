@@ -16,6 +16,7 @@ from ssrl_jax import train_config as tc
 from ssrl_jax.run_log import METRICS_FILE, SAMPLES_FILE
 from ssrl_jax.search.rollout import SearchPolicy
 from tests.search.search_model import write_searching_model
+from tests.short_prompts import write_short_prompt_qa
 
 COMPARED = ("reward", "exact_match", "loss", "kl", "grad_norm", "response_length",
             "trained_tokens", "real_searches", "self_searches")
@@ -33,9 +34,8 @@ def train_file(tmp_path_factory):
             ("q2", "Which river flows through Paris?", ["Seine"]),
             ("q3", "Where is the Louvre?", ["Paris"]),
             ("q4", "What is the largest river?", ["Amazon"])]
-    path.write_text("".join(json.dumps({"id": i, "question": q, "golden_answers": g,
-                                        "data_source": "nq"}) + "\n" for i, q, g in rows))
-    return path
+    return write_short_prompt_qa(path, [{"id": i, "question": q, "golden_answers": g,
+                                         "data_source": "nq"} for i, q, g in rows])
 
 
 def search_config(model_dir, train_file, url, *, mode="real", reward="ssrl", total_steps=2):

@@ -8,6 +8,7 @@ import pytest
 
 from ssrl_jax import model_source, trainer
 from ssrl_jax.convert import main as convert
+from ssrl_jax.data.qa import SAMPLE_DATA
 from ssrl_jax.package_files import asset_path
 from ssrl_jax.run_log import METRICS_FILE
 from ssrl_jax.train_config import default_config
@@ -16,8 +17,9 @@ COMPARED = ("reward", "exact_match", "format_score", "loss", "kl", "entropy", "g
             "response_length", "trained_tokens")
 
 
-def _config(model_path):
+def _config(model_path, train_file=SAMPLE_DATA):
     c = default_config()
+    c.data.train_files = str(train_file)
     c.total_steps = 2
     c.batch_size = 2
     c.model.update(path=str(model_path), param_dtype="float32", dtype="float32", remat="none")
@@ -35,12 +37,13 @@ def _metrics(workdir):
 
 
 @pytest.mark.slow
-def test_a_converted_checkpoint_trains_like_its_hugging_face_directory(tmp_path):
+def test_a_converted_checkpoint_trains_like_its_hugging_face_directory(tmp_path, short_qa):
     hf_dir = asset_path("toyworld", "model")
     convert(["hf-to-orbax", "--hf", str(hf_dir), "--out", str(tmp_path / "init")])
 
-    trainer.run(_config(hf_dir), str(tmp_path / "from_hf"))
-    from_checkpoint = trainer.run(_config(tmp_path / "init"), str(tmp_path / "from_orbax"))
+    trainer.run(_config(hf_dir, short_qa), str(tmp_path / "from_hf"))
+    from_checkpoint = trainer.run(_config(tmp_path / "init", short_qa),
+                                  str(tmp_path / "from_orbax"))
     assert from_checkpoint.last_step == 2
     for a, b in zip(_metrics(tmp_path / "from_orbax"), _metrics(tmp_path / "from_hf"),
                     strict=True):

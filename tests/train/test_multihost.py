@@ -21,6 +21,7 @@ import pytest
 
 from ssrl_jax import checkpoints
 from ssrl_jax.run_log import METRICS_FILE
+from tests.short_prompts import write_short_prompt_qa
 from tests.xla_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -80,22 +81,29 @@ def _assert_same_run(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
+def overrides(tmp_path_factory):
+    """4 steps on the sample QA rows with short prompts of their own (tests/short_prompts.py)."""
+    data = write_short_prompt_qa(tmp_path_factory.mktemp("data") / "train.jsonl")
+    return ("--config.total_steps=4", "--config.checkpoint.every_steps=2",
+            f"--config.data.train_files={data}")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, overrides):
     """The reference: 1 process x 8 devices, 4 steps."""
     workdir = tmp_path_factory.mktemp("one_process")
-    result = subprocess.run(_command(workdir, "--config.total_steps=4",
-                                     "--config.checkpoint.every_steps=2"),
+    result = subprocess.run(_command(workdir, *overrides),
                             capture_output=True, text=True, env=_env(8), timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
     return _metrics(workdir)
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_host_saves_the_same_step_on_both_and_resumes(tmp_path, one_process_run):
+def test_sigterm_to_one_host_saves_the_same_step_on_both_and_resumes(tmp_path, one_process_run,
+                                                                     overrides):
     """Preempted on one host, both save the same step; the resumed cluster finishes the run
     of one process, both hosts writing every checkpoint (each its own shards)."""
     workdir = tmp_path / "cluster"
-    overrides = ("--config.total_steps=4", "--config.checkpoint.every_steps=2")
     procs = _start_cluster(workdir, *overrides)
     metrics = workdir / METRICS_FILE
     deadline = time.time() + 480

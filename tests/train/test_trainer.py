@@ -21,7 +21,8 @@ COMPARED = ("reward", "exact_match", "format_score", "loss", "kl", "entropy", "g
             "response_length", "trained_tokens")
 
 
-def small_config(total_steps=4):
+def small_config(train_file, total_steps=4):
+    """A tiny random model on `train_file` (the `short_qa` fixture: short prompts)."""
     c = default_config()
     c.total_steps = total_steps
     c.batch_size = 2
@@ -29,7 +30,7 @@ def small_config(total_steps=4):
     c.model.update(param_dtype="float32", dtype="float32", remat="none")
     c.model.random.update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                           num_kv_heads=1, head_dim=16)
-    c.data.chat = "false"
+    c.data.update(train_files=str(train_file), chat="false")
     c.rollout.update(group_size=2, max_new_tokens=8)
     c.optim.update(learning_rate=1e-2, warmup_ratio=0.25)
     c.checkpoint.update(every_steps=2, async_save=True)
@@ -42,13 +43,13 @@ def read_jsonl(path):
 
 
 @pytest.mark.slow
-def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
-    full = trainer.run(small_config(), str(tmp_path / "full"))
+def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, short_qa):
+    full = trainer.run(small_config(short_qa), str(tmp_path / "full"))
     assert (full.start_step, full.last_step, full.preempted) == (0, 4, False)
 
-    first = trainer.run(small_config(), str(tmp_path / "split"), stop_after=2)
+    first = trainer.run(small_config(short_qa), str(tmp_path / "split"), stop_after=2)
     assert first.last_step == 2
-    second = trainer.run(small_config(), str(tmp_path / "split"))
+    second = trainer.run(small_config(short_qa), str(tmp_path / "split"))
     assert (second.start_step, second.last_step) == (2, 4)
 
     expected = {r["step"]: r for r in read_jsonl(tmp_path / "full" / METRICS_FILE)}
@@ -72,7 +73,7 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_precision_run_resumes_exactly_with_fp32_masters(tmp_path):
+def test_mixed_precision_run_resumes_exactly_with_fp32_masters(tmp_path, short_qa):
     """The default precision (fp32 masters and Adam state, bf16 compute, rollout and
     reference): checkpoints hold fp32 weights and a resumed run repeats step 3 exactly."""
     import jax
@@ -80,7 +81,7 @@ def test_mixed_precision_run_resumes_exactly_with_fp32_masters(tmp_path):
     from flax import nnx
 
     def config():
-        c = small_config(total_steps=3)
+        c = small_config(short_qa, total_steps=3)
         c.model.update(param_dtype="float32", dtype="bfloat16")
         return c
 
@@ -127,8 +128,8 @@ def _exported_model_matches(model, workdir, out):
     np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
 
 
-def test_bad_model_path_names_the_field(tmp_path):
-    c = small_config()
+def test_bad_model_path_names_the_field(tmp_path, short_qa):
+    c = small_config(short_qa)
     c.model.path = str(tmp_path / "no_such_model")
     with pytest.raises(Exception, match="no_such_model"):
         trainer.run(c, str(tmp_path / "run"))
@@ -151,11 +152,11 @@ def test_cli_rejects_a_bad_override_naming_the_field(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_last_step_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_the_last_step_and_exits_cleanly(tmp_path, short_qa):
     workdir = tmp_path / "run"
     process = subprocess.Popen(
         _train_command(workdir, "--config.total_steps=500", "--config.checkpoint.every_steps=1000",
-                       "--config.rollout.max_new_tokens=8"),
+                       "--config.rollout.max_new_tokens=8", f"--config.data.train_files={short_qa}"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     metrics = workdir / METRICS_FILE
     deadline = time.time() + 240
