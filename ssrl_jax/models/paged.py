@@ -17,6 +17,7 @@ the model uses it for bf16 caches only (`ModelConfig.decode_attention = "paged"`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -87,10 +88,7 @@ def _attend(q, k, v, lengths, *, interpret: bool):
     page_indices = (jnp.arange(rows, dtype=jnp.int32)[:, None] * pages_per_row
                     + jnp.arange(pages_per_row, dtype=jnp.int32)[None, :])
     scaled = (q[:, 0].astype(jnp.float32) / math.sqrt(head_dim)).astype(q.dtype)
-    call = functools.partial(kernel_lib.paged_attention, pages_per_compute_block=per_block)
-    if interpret:
-        with pltpu.force_tpu_interpret_mode():
-            out = call(scaled, pages(k), pages(v), lengths.astype(jnp.int32), page_indices)
-    else:
-        out = call(scaled, pages(k), pages(v), lengths.astype(jnp.int32), page_indices)
+    with pltpu.force_tpu_interpret_mode() if interpret else contextlib.nullcontext():
+        out = kernel_lib.paged_attention(scaled, pages(k), pages(v), lengths.astype(jnp.int32),
+                                         page_indices, pages_per_compute_block=per_block)
     return out[:, None].astype(q.dtype)
