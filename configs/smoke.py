@@ -1,5 +1,6 @@
 """Smoke run: a tiny *random* Llama-family model, the shipped tokenizer, the bundled sample QA
-rows. 20 steps in well under a minute on 2 CPU cores, no download. It shows that the pipeline
+rows. 20 steps in about a minute on 2 CPU cores (2 s a step, most of it our ~450-token
+instruction: prompts are padded to 512), no download. It shows that the pipeline
 runs (rollout, reward, update, checkpoints, logs), not that anything is learned; the quick
 start that learns is configs/tiny.py (the toy world).
 
