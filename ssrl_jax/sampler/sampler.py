@@ -16,7 +16,6 @@ merge them inside.
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -42,11 +41,17 @@ EOS_MIN_BUCKET = 4
 
 
 _STATIC = ("graphdef", "sampling", "pad_id", "layer_loop", "windows")
+# XLA:CPU hands matmuls to YNNPACK fusions by default. A decode step's matmuls are small
+# ([rows, hidden] @ [hidden, n], every weight streamed from memory once per token), and in the
+# decode loop they ran slower there than with XLA's own CPU kernels: `bench sampler --batch
+# 32 --new-tokens 256` decodes 1.15-1.27x faster without them, tokens identical
+# (docs/performance.md, 2026-12-06). The sampler's CPU programs are compiled with it off.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("cache_len",))
-def _generate(params, ids, valid, keys, stop_next, stop_completed, eos_ids, max_new_tokens, *,
-              graphdef, cache_len, sampling, pad_id, layer_loop, windows) -> DecodeState:
+def _generate_program(params, ids, valid, keys, stop_next, stop_completed, eos_ids,
+                      max_new_tokens, *, graphdef, cache_len, sampling, pad_id, layer_loop,
+                      windows) -> DecodeState:
     return decode_lib.generate(nnx.merge(graphdef, params), ids, valid, keys,
                                cache_len=cache_len, sampling=sampling, stop_next=stop_next,
                                stop_completed=stop_completed, eos_ids=eos_ids,
@@ -54,10 +59,9 @@ def _generate(params, ids, valid, keys, stop_next, stop_completed, eos_ids, max_
                                layer_loop=layer_loop, windows=windows)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
-def _resume(params, state, ids, valid, resume_rows, policy_len, retract, end_rows, stop_next,
-            stop_completed, eos_ids, max_new_tokens, *, graphdef, sampling, pad_id,
-            layer_loop, windows) -> DecodeState:
+def _resume_program(params, state, ids, valid, resume_rows, policy_len, retract, end_rows,
+                    stop_next, stop_completed, eos_ids, max_new_tokens, *, graphdef, sampling,
+                    pad_id, layer_loop, windows) -> DecodeState:
     model = nnx.merge(graphdef, params)
     state = decode_lib.inject(model, state, ids, valid, resume_rows, policy_len, retract,
                               end_rows)
@@ -67,9 +71,21 @@ def _resume(params, state, ids, valid, resume_rows, policy_len, retract, end_row
                              windows=windows)
 
 
+def _jit_programs(compiler_options: dict[str, str] | None = None):
+    """(generate, resume), jitted with these XLA compiler options."""
+    return (jax.jit(_generate_program, static_argnames=_STATIC + ("cache_len",),
+                    compiler_options=compiler_options),
+            jax.jit(_resume_program, static_argnames=_STATIC, donate_argnames=("state",),
+                    compiler_options=compiler_options))
+
+
+_generate, _resume = _jit_programs()
+_generate_cpu, _resume_cpu = _jit_programs(CPU_COMPILER_OPTIONS)
+
+
 def compile_count() -> int:
     """Programs compiled so far by all samplers of this process (generate + resume)."""
-    return _generate._cache_size() + _resume._cache_size()
+    return sum(f._cache_size() for f in (_generate, _resume, _generate_cpu, _resume_cpu))
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:
@@ -132,8 +148,12 @@ class Sampler:
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise ValueError(f"{name}: ids {bad} are outside the vocabulary [0, {vocab})")
+        platform = (self.mesh.devices.flat[0].platform if self.mesh is not None
+                    else jax.default_backend())
+        self._generate, self._resume = ((_generate_cpu, _resume_cpu) if platform == "cpu"
+                                        else (_generate, _resume))
         if layer_loop is None:
-            layer_loop = jax.default_backend() == "cpu" and not model.config.kv_quantized
+            layer_loop = platform == "cpu" and not model.config.kv_quantized
         self.layer_loop = layer_loop
         if kv_windows < 1:
             raise ValueError(f"kv_windows must be >= 1, got {kv_windows}")
@@ -174,13 +194,13 @@ class Sampler:
         keys = row_keys(seed, len(prompts)) if keys is None else keys
         stop_next, stop_completed = self._device_stop_table(stop_strings)
         with self.mesh_context():
-            return _generate(self.params, self.place_batch(ids), self.place_batch(valid),
-                             self.place_batch(keys),
-                             stop_next, stop_completed, self._device_eos_ids(),
-                             jnp.int32(max_new_tokens), graphdef=self.graphdef,
-                             cache_len=cache_len, sampling=sampling, pad_id=self.pad_id,
-                             layer_loop=self.layer_loop,
-                             windows=kv_windows(prompt_len, cache_len, self.kv_windows))
+            return self._generate(self.params, self.place_batch(ids), self.place_batch(valid),
+                                  self.place_batch(keys),
+                                  stop_next, stop_completed, self._device_eos_ids(),
+                                  jnp.int32(max_new_tokens), graphdef=self.graphdef,
+                                  cache_len=cache_len, sampling=sampling, pad_id=self.pad_id,
+                                  layer_loop=self.layer_loop,
+                                  windows=kv_windows(prompt_len, cache_len, self.kv_windows))
 
     def resume(self, state: DecodeState, injected: Sequence[Sequence[int]], *,
                max_new_tokens: int, resume_rows: Sequence[bool] | None = None,
@@ -237,14 +257,14 @@ class Sampler:
                              f"got shape {end_rows.shape}")
         stop_next, stop_completed = self._device_stop_table(stop_strings)
         with self.mesh_context():
-            return _resume(self.params, state, self.place_batch(ids), self.place_batch(valid),
-                           self.place_batch(resume_rows), self.place_batch(policy_len),
-                           self.place_batch(retract), self.place_batch(end_rows), stop_next,
-                           stop_completed,
-                           self._device_eos_ids(), jnp.int32(max_new_tokens),
-                           graphdef=self.graphdef, sampling=sampling, pad_id=self.pad_id,
-                           layer_loop=self.layer_loop,
-                           windows=kv_windows(0, state.cache.max_len, self.kv_windows))
+            return self._resume(self.params, state, self.place_batch(ids),
+                                self.place_batch(valid), self.place_batch(resume_rows),
+                                self.place_batch(policy_len), self.place_batch(retract),
+                                self.place_batch(end_rows), stop_next, stop_completed,
+                                self._device_eos_ids(), jnp.int32(max_new_tokens),
+                                graphdef=self.graphdef, sampling=sampling, pad_id=self.pad_id,
+                                layer_loop=self.layer_loop,
+                                windows=kv_windows(0, state.cache.max_len, self.kv_windows))
 
     # ----------------------------------------------------------- helpers --
 

@@ -126,6 +126,27 @@ def test_greedy_matches_transformers_for_each_family(name, tmp_path):
         assert row.finish_reason == (FinishReason.EOS if len(hits) else FinishReason.NONE)
 
 
+def test_cpu_programs_keep_matmuls_out_of_ynnpack(sampler):
+    """The sampler compiles its CPU programs with XLA's own matmul kernels
+    (`CPU_COMPILER_OPTIONS`): the same program compiled with XLA's defaults holds YNNPACK
+    fusions, the sampler's none (its matmuls are XLA's own `dot`s)."""
+    import numpy as np
+
+    from ssrl_jax.sampler import sampler as sampler_lib
+    from ssrl_jax.sampler.sampler import row_keys
+
+    assert sampler._generate is sampler_lib._generate_cpu
+    ids = np.ones((4, 8), np.int32)
+    args = (sampler.params, ids, np.ones_like(ids, bool), row_keys(0, 4),
+            *sampler._device_stop_table(()), sampler._device_eos_ids(), np.int32(4))
+    static = dict(graphdef=sampler.graphdef, cache_len=16, sampling=sampler_lib.GREEDY,
+                  pad_id=sampler.pad_id, layer_loop=sampler.layer_loop, windows=(16,))
+    texts = {name: fn.lower(*args, **static).compile().as_text()
+             for name, fn in (("default", sampler_lib._generate), ("cpu", sampler._generate))}
+    assert "__ynn_fusion" in texts["default"] and "__ynn_fusion" not in texts["cpu"]
+    assert " dot(" in texts["cpu"]
+
+
 def test_second_call_in_the_same_bucket_does_not_recompile(sampler, greedy_rows):
     before = compile_count()
     other = random_prompts(300, lengths=(11, 2, 5, 13), seed=5)
