@@ -133,11 +133,10 @@ def test_cpu_programs_keep_matmuls_out_of_ynnpack(sampler):
     import numpy as np
 
     from ssrl_jax.sampler import sampler as sampler_lib
-    from ssrl_jax.sampler.sampler import row_keys
 
     assert sampler._generate is sampler_lib._generate_cpu
     ids = np.ones((4, 8), np.int32)
-    args = (sampler.params, ids, np.ones_like(ids, bool), row_keys(0, 4),
+    args = (sampler.params, ids, np.ones_like(ids, bool), sampler_lib.row_keys(0, 4),
             *sampler._device_stop_table(()), sampler._device_eos_ids(), np.int32(4))
     static = dict(graphdef=sampler.graphdef, cache_len=16, sampling=sampler_lib.GREEDY,
                   pad_id=sampler.pad_id, layer_loop=sampler.layer_loop, windows=(16,))

@@ -21,7 +21,6 @@ import pytest
 
 from ssrl_jax import checkpoints
 from ssrl_jax.run_log import METRICS_FILE
-from tests.short_prompts import write_short_prompt_qa
 from tests.xla_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -81,11 +80,10 @@ def _assert_same_run(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def overrides(tmp_path_factory):
-    """4 steps on the sample QA rows with short prompts of their own (tests/short_prompts.py)."""
-    data = write_short_prompt_qa(tmp_path_factory.mktemp("data") / "train.jsonl")
+def overrides(short_qa):
+    """4 steps on the sample QA rows with short prompts of their own (conftest's `short_qa`)."""
     return ("--config.total_steps=4", "--config.checkpoint.every_steps=2",
-            f"--config.data.train_files={data}")
+            f"--config.data.train_files={short_qa}")
 
 
 @pytest.fixture(scope="module")
